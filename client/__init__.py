@@ -1,0 +1,1 @@
+"""Device side: on-device reranker models, ClientApp handlers, device store, runtime."""

@@ -1,0 +1,1 @@
+"""Runners, YAML configs, named experiments, reports and plots."""

@@ -1,0 +1,1 @@
+"""Cloud side: Flower ServerApp, cloud training and distillation, retrieval services."""

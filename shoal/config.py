@@ -1,0 +1,280 @@
+"""Typed configuration: YAML files + ``key=value`` overrides, validated once into dataclasses.
+
+Every run is described by one :class:`ShoalConfig`. It is built by :func:`load_config` from
+(in order) the dataclass defaults, zero or more YAML files, and an OmegaConf dotlist of
+command-line overrides. Unknown keys and values of the wrong type raise :class:`ConfigError`
+(a ``ValueError``) naming the key and the expected type; range checks live in each
+dataclass's ``__post_init__``. Library code receives the typed objects, never a raw dict.
+
+Examples
+--------
+>>> cfg = load_config(overrides=["sim.users=50", "seed=3"])
+>>> cfg.sim.users, cfg.seed
+(50, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass
+class SimConfig:
+    """Waterfall-feed simulator (see :mod:`shoal.datasets.simulator`)."""
+
+    users: int = 2000
+    """Number of simulated users (devices). Scales to 100,000+."""
+    items: int = 20000
+    """Catalog size."""
+    categories: int = 50
+    brands: int = 1000
+    price_levels: int = 10
+    age_levels: int = 8
+    latent_dim: int = 16
+    days: float = 30.0
+    """Length of the logged period; session start times are spread over it."""
+    sessions_mean: float = 3.0
+    """Mean sessions per user; activity is long-tailed (log-normal around this mean)."""
+    sessions_sigma: float = 1.2
+    """Log-normal shape of sessions per user: larger = longer tail."""
+    sessions_max: int = 200
+    candidates: int = 100
+    """Candidates the cloud ranks per page."""
+    page_size: int = 50
+    """Items exposed per page."""
+    max_pages: int = 4
+    """Pages per session at most."""
+    trigger_exposures: int = 5
+    """A rerank request fires after this many exposures without a click (EdgeRec's k)."""
+    target_ctr: float = 0.045
+    """Overall click-through rate the simulator calibrates its click bias to."""
+    interest_alpha: float = 0.3
+    """Dirichlet concentration of users' long-term category interests (small = non-IID)."""
+    intent_weight: float = 1.6
+    """Weight of the in-session short-term intent in the click utility."""
+    intent_drift: float = 0.08
+    """Per-exposure probability that the session's intent jumps to a new category."""
+    idiosyncrasy: float = 1.0
+    """Scale of per-user price / brand / age sensitivities (of either sign)."""
+    fatigue: float = 0.12
+    """Utility penalty per earlier exposure of the same category in the session."""
+    position_bias: float = 0.3
+    """Examination probability at page position j (0-based) is ``(1 + j) ** -position_bias``."""
+    leave_prob: float = 0.02
+    """Probability of leaving the session after an exposure without a click."""
+    continue_prob: float = 0.7
+    """Probability of scrolling on to the next page at the end of a page."""
+
+    def __post_init__(self) -> None:
+        for k in ("users", "items", "categories", "brands", "price_levels", "age_levels"):
+            _check(getattr(self, k) >= 1, f"sim.{k}", f"must be >= 1, got {getattr(self, k)}")
+        _check(self.items >= self.candidates, "sim.items", "must be >= sim.candidates")
+        _check(
+            1 <= self.page_size <= self.candidates,
+            "sim.page_size",
+            f"must be in [1, sim.candidates={self.candidates}], got {self.page_size}",
+        )
+        _check(self.trigger_exposures >= 1, "sim.trigger_exposures", "must be >= 1")
+        _check(0.0 < self.target_ctr < 0.5, "sim.target_ctr", "must be in (0, 0.5)")
+        _check(self.sessions_mean >= 1.0, "sim.sessions_mean", "must be >= 1")
+        _check(self.sessions_max >= 1, "sim.sessions_max", "must be >= 1")
+        _check(self.max_pages >= 1, "sim.max_pages", "must be >= 1")
+        _check(0.0 <= self.intent_drift <= 1.0, "sim.intent_drift", "must be in [0, 1]")
+        _check(self.interest_alpha > 0, "sim.interest_alpha", "must be > 0")
+        _check(self.days > 0, "sim.days", "must be > 0")
+        _check(self.position_bias >= 0, "sim.position_bias", "must be >= 0")
+        _check(0.0 <= self.leave_prob < 1.0, "sim.leave_prob", "must be in [0, 1)")
+        _check(0.0 <= self.continue_prob <= 1.0, "sim.continue_prob", "must be in [0, 1]")
+
+
+@dataclass
+class KuaiRandConfig:
+    """KuaiRand random-exposure log (see :mod:`shoal.datasets.kuairand`)."""
+
+    log_file: str = "log_random_4_22_to_5_08_1k_users_0-798.csv"
+    """Log CSV, relative to ``path`` unless absolute."""
+    features_file: str = "video_features_basic.csv"
+    """Video features CSV, relative to ``path`` unless absolute."""
+    candidates: int = 10
+    """K: a request takes the user's next K exposures as candidates."""
+    stride: int = 0
+    """Exposures between consecutive requests of a user; 0 means K (non-overlapping)."""
+
+    def __post_init__(self) -> None:
+        _check(self.candidates >= 1, "kuairand.candidates", "must be >= 1")
+        _check(self.stride >= 0, "kuairand.stride", "must be >= 0")
+
+
+@dataclass
+class SplitConfig:
+    """Per-user time split of requests into cloud history / device-fresh / test."""
+
+    cloud: float = 0.5
+    device: float = 0.3
+    test: float = 0.2
+
+    def __post_init__(self) -> None:
+        for k in ("cloud", "device", "test"):
+            _check(0.0 <= getattr(self, k) <= 1.0, f"split.{k}", "must be in [0, 1]")
+        _check(self.test > 0, "split.test", "must be > 0 (every user needs a test request)")
+        total = self.cloud + self.device + self.test
+        _check(abs(total - 1.0) < 1e-6, "split", f"cloud + device + test must be 1, got {total}")
+
+
+@dataclass
+class SequenceConfig:
+    """Behaviour sequence caps."""
+
+    ie_len: int = 50
+    """m: item-exposure sequence length cap."""
+    ipv_len: int = 20
+    """n: item-page-view sequence length cap."""
+
+    def __post_init__(self) -> None:
+        _check(self.ie_len >= 1, "seq.ie_len", "must be >= 1")
+        _check(self.ipv_len >= 1, "seq.ipv_len", "must be >= 1")
+
+
+@dataclass
+class ActivityConfig:
+    """Activity buckets (head / torso / tail) by the number of logged interactions of a user."""
+
+    quantiles: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    """Users below the first quantile of interactions are tail, above the second are head."""
+
+    def __post_init__(self) -> None:
+        q = list(self.quantiles)
+        _check(len(q) == 2, "activity.quantiles", f"needs two values, got {q}")
+        _check(0.0 < q[0] < q[1] < 1.0, "activity.quantiles", f"needs 0 < q0 < q1 < 1, got {q}")
+
+
+DATASETS = ("sim", "kuairand")
+
+
+@dataclass
+class ShoalConfig:
+    """Top-level configuration of a Shoal run."""
+
+    seed: int = 0
+    dataset: str = "sim"
+    """Which dataset: ``sim`` (built-in simulator) or ``kuairand``."""
+    path: str | None = None
+    """Where the data lies: kuairand's folder (or log CSV); for sim, a saved dataset folder."""
+    sim: SimConfig = field(default_factory=SimConfig)
+    kuairand: KuaiRandConfig = field(default_factory=KuaiRandConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    seq: SequenceConfig = field(default_factory=SequenceConfig)
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+def _field_type(cfg_cls: type, key: str) -> Any:
+    """The annotated type of a dotted key in the dataclass tree (None if unknown)."""
+    tp: Any = cfg_cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _valid_keys(cfg_cls: type, key: str) -> list[str]:
+    parent = key.rpartition(".")[0]
+    cls = _field_type(cfg_cls, parent) if parent else cfg_cls
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+    schema: type = ShoalConfig,
+) -> Any:
+    """Build a validated config from YAML files and ``key=value`` overrides.
+
+    Parameters
+    ----------
+    files : list of path, optional
+        YAML files merged in order over the dataclass defaults.
+    overrides : list of str, optional
+        OmegaConf dotlist, e.g. ``["sim.users=100", "dataset=kuairand"]``; applied last.
+    schema : type
+        Root dataclass (default :class:`ShoalConfig`).
+
+    Returns
+    -------
+    schema instance
+        The typed, validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key, value of the wrong type, malformed override, unreadable YAML, or a
+        value out of range; the message names the key and what was expected.
+    """
+    base = OmegaConf.structured(schema)
+    layers = []
+    for f in files or []:
+        p = Path(f)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            layers.append((str(p), OmegaConf.load(p)))
+        except Exception as e:  # yaml errors come in several types
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse overrides {overrides}: {e}") from e
+    merged = base
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as e:
+            valid = _valid_keys(schema, e.full_key)
+            raise ConfigError(
+                f"unknown config key '{e.full_key}' (from {source}); "
+                f"valid keys here: {', '.join(valid)}"
+            ) from None
+        except ValidationError as e:
+            raise ConfigError(
+                f"config key '{e.full_key}' (from {source}) expects {_type_name(_field_type(schema, e.full_key))}"
+                f": {str(e).splitlines()[0]}"
+            ) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid configuration: {str(e).splitlines()[0]}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """Resolved configuration as YAML text (what ``--show-config`` prints and runs save)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

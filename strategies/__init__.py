@@ -1,0 +1,1 @@
+"""Federated strategies, one Flower ``Strategy`` per file, plus wrappers and client mods."""
