@@ -228,15 +228,21 @@ class RequestLog:
         for name in ARRAY_SPEC:
             if name.startswith("req_"):
                 _expect(getattr(self, name).shape[0] == R, self, f"{name} length")
-        _expect(R == 0 or (self.req_slate.min() >= 0 and self.req_slate.max() < S), self, "req_slate")
+        _expect(
+            R == 0 or (self.req_slate.min() >= 0 and self.req_slate.max() < S), self, "req_slate"
+        )
         if R:
-            _expect(bool(np.all(self.req_user == self.slate_user[self.req_slate])), self, "req_user")
+            _expect(
+                bool(np.all(self.req_user == self.slate_user[self.req_slate])), self, "req_user"
+            )
             ok = (0 <= self.req_start) & (self.req_start < self.req_end)
             ok &= self.req_end <= self.slate_len[self.req_slate]
             _expect(bool(ok.all()), self, "candidate slice [req_start, req_end)")
             u = self.req_user
-            ok = (self.ie_offsets[u] <= self.req_ie_end) & (self.req_ie_end <= self.ie_offsets[u + 1])
-            ok &= (self.ipv_offsets[u] <= self.req_ipv_end)
+            ok = (self.ie_offsets[u] <= self.req_ie_end) & (
+                self.req_ie_end <= self.ie_offsets[u + 1]
+            )
+            ok &= self.ipv_offsets[u] <= self.req_ipv_end
             ok &= self.req_ipv_end <= self.ipv_offsets[u + 1]
             _expect(bool(ok.all()), self, "history end indices within the user's events")
             _expect(bool(np.all(self.req_trigger < len(TRIGGERS))), self, "req_trigger")

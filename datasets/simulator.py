@@ -44,8 +44,14 @@ def sim_schema(cfg: SimConfig) -> Schema:
     assert tuple(a.name for a in _IE_SPECS) == IE_ACTIONS
     return Schema(
         item_fields=("category", "brand", "gender", "price_level", "age_level", "bc_type"),
-        item_vocab=(cfg.categories + 1, cfg.brands + 1, N_GENDERS + 1, cfg.price_levels + 1,
-                    cfg.age_levels + 1, N_BC_TYPES + 1),  # fmt: skip
+        item_vocab=(
+            cfg.categories + 1,
+            cfg.brands + 1,
+            N_GENDERS + 1,
+            cfg.price_levels + 1,
+            cfg.age_levels + 1,
+            N_BC_TYPES + 1,
+        ),  # fmt: skip
         score_names=("cloud_logit", "cloud_item_quality"),
         ie_actions=_IE_SPECS,
         ipv_actions=_IPV_SPECS,

@@ -6,6 +6,12 @@ latest requests). With ``n`` requests and fractions ``(c, d, t)``, request ``r``
 time order) goes to cloud if ``r < floor(n c)``, else to device if ``r < floor(n (c + d))``, else
 to test; so every user has at least one test request and a user with one request has only that.
 
+The unit of the split is the **slate** (a page): requests of one page share candidates, and a
+candidate exposed late in the page is a label of every earlier request of that page. Splitting
+inside a page would put the same labelled exposure in training and test, so every request of a
+page goes to the split of the page's last request (the later split wins; a user's last page is
+always test).
+
 One device per user: Flower partition id ``p`` is the ``p``-th user (by user index) that has at
 least one request. The mapping depends only on the data, never on run order.
 """
@@ -50,7 +56,10 @@ def assign_splits(log: RequestLog, cfg: SplitConfig) -> np.ndarray:
     split = np.where(rank < cut1, CLOUD, np.where(rank < cut2, DEVICE, TEST)).astype(np.int8)
     out = np.empty(R, dtype=np.int8)
     out[order] = split
-    return out
+    # a page goes to its last request's split: the latest split of any of its requests
+    page_split = np.zeros(log.slate_item.shape[0], np.int8)
+    np.maximum.at(page_split, log.req_slate, out)
+    return page_split[log.req_slate]
 
 
 def activity_buckets(log: RequestLog, cfg: ActivityConfig) -> tuple[np.ndarray, np.ndarray]:

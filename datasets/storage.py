@@ -57,7 +57,9 @@ def save(log: RequestLog, path: str | Path, overwrite: bool = False) -> Path:
             "name": log.name,
             "schema": log.schema.to_dict(),
             "info": log.info or {},
-            "arrays": {k: {"dtype": str(a.dtype), "shape": list(a.shape)} for k, a in arrays.items()},
+            "arrays": {
+                k: {"dtype": str(a.dtype), "shape": list(a.shape)} for k, a in arrays.items()
+            },
         }
         for k, a in arrays.items():
             np.save(tmp / f"{k}.npy", np.ascontiguousarray(a), allow_pickle=False)

@@ -66,9 +66,9 @@ class SimConfig:
     """Overall click-through rate the simulator calibrates its click bias to."""
     interest_alpha: float = 0.3
     """Dirichlet concentration of users' long-term category interests (small = non-IID)."""
-    intent_weight: float = 1.6
+    intent_weight: float = 4.0
     """Weight of the in-session short-term intent in the click utility."""
-    intent_drift: float = 0.08
+    intent_drift: float = 0.03
     """Per-exposure probability that the session's intent jumps to a new category."""
     idiosyncrasy: float = 1.0
     """Scale of per-user price / brand / age sensitivities (of either sign)."""
@@ -112,13 +112,11 @@ class KuaiRandConfig:
     features_file: str = "video_features_basic.csv"
     """Video features CSV, relative to ``path`` unless absolute."""
     candidates: int = 10
-    """K: a request takes the user's next K exposures as candidates."""
-    stride: int = 0
-    """Exposures between consecutive requests of a user; 0 means K (non-overlapping)."""
+    """K: a request takes the user's next K exposures as candidates (windows do not overlap,
+    so no labelled exposure belongs to two requests)."""
 
     def __post_init__(self) -> None:
         _check(self.candidates >= 1, "kuairand.candidates", "must be >= 1")
-        _check(self.stride >= 0, "kuairand.stride", "must be >= 0")
 
 
 @dataclass
@@ -185,7 +183,9 @@ class ShoalConfig:
     """Parent folder of run directories."""
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        _check(
+            self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}"
+        )
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 

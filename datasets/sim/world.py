@@ -52,7 +52,9 @@ class World:
     item_quality: np.ndarray  # (I+1,) float32
     cat_vec: np.ndarray  # (C+1, d) float32 category centroids
     cat_items: np.ndarray  # (I,) item ids sorted by category
-    cat_offsets: np.ndarray  # (C+2,) items of category c: cat_items[cat_offsets[c]:cat_offsets[c+1]]
+    cat_offsets: (
+        np.ndarray
+    )  # (C+2,) items of category c: cat_items[cat_offsets[c]:cat_offsets[c+1]]
     user_interest: np.ndarray  # (U, C+1) float32 long-term category interest (Dirichlet), col 0 = 0
     user_vec: np.ndarray  # (U, d) float32 long-term latent interest
     user_price: np.ndarray  # (U,) float32 price sensitivity (either sign)
