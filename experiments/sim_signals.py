@@ -111,15 +111,15 @@ def finetune_per_user(
     x: np.ndarray, y: np.ndarray, user: np.ndarray, w0: np.ndarray, lr: float, steps: int, l2: float
 ) -> dict[int, np.ndarray]:
     """Per-user weights: gradient steps from the global ``w0`` with an L2 pull back toward it."""
-    X = np.c_[np.ones(len(x)), x]
-    users, inv = np.unique(user, return_inverse=True)
+    order = np.argsort(user, kind="stable")
+    X, y, user = np.c_[np.ones(len(x)), x][order], y[order], user[order]
+    users, first, counts = np.unique(user, return_index=True, return_counts=True)
+    inv = np.repeat(np.arange(users.size), counts)
     W = np.tile(w0, (users.size, 1))
-    counts = np.bincount(inv, minlength=users.size)[:, None]
     for _ in range(steps):
         p = 1 / (1 + np.exp(-(X * W[inv]).sum(1)))
-        G = np.zeros_like(W)
-        np.add.at(G, inv, (p - y)[:, None] * X)
-        W -= lr * (G / counts + l2 * (W - w0))
+        G = np.add.reduceat((p - y)[:, None] * X, first, axis=0)  # per-user gradient sums
+        W -= lr * (G / counts[:, None] + l2 * (W - w0))
     return {int(u): W[i] for i, u in enumerate(users)}
 
 

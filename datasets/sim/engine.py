@@ -52,7 +52,7 @@ class ReRanker(Protocol):
 class SessionRecord:
     """Everything the engine logged (event order = generation order, not yet sorted)."""
 
-    ie: dict[str, np.ndarray] = field(default_factory=dict)  # user, item, time, act, slate, pos
+    ie: dict[str, np.ndarray] = field(default_factory=dict)  # user, item, time, act
     ipv: dict[str, np.ndarray] = field(default_factory=dict)  # user, item, time, act
     slates: dict[str, np.ndarray] = field(default_factory=dict)  # id, user, time, item, ...
     requests: dict[str, np.ndarray] = field(default_factory=dict)  # user, time, slate, ...
@@ -190,8 +190,7 @@ def run_sessions(
         reason = 1 + np.minimum((U[a, 4] * DELETE_REASONS).astype(np.int32), DELETE_REASONS - 1)
         act[:, 5] = np.where(delete, reason, 0)
         t[a] += act[:, 0] + act[:, 3]
-        slate_id = pg_slate[a]
-        ie.add(user=user[a], item=item, time=t[a], act=act, slate=slate_id, pos=s)
+        ie.add(user=user[a], item=item.astype(np.int32), time=t[a], act=act)
         pg_obs[a, pos] = True
         pg_label[a, pos, 0] = click
         pg_label[a, pos, 4] = delete
