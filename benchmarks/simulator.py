@@ -75,8 +75,16 @@ def main() -> None:
         r["rss_over_baseline_mb"] = r["peak_rss_mb"] - base["peak_rss_mb"]
         r["rss_over_log_ratio"] = r["rss_over_baseline_mb"] / max(r["log_mb"], 1e-9)
         results.append(r)
-    print(json.dumps({"benchmark": "simulator", "baseline_import_rss_mb": base["peak_rss_mb"],
-                      "results": results}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "simulator",
+                "baseline_import_rss_mb": base["peak_rss_mb"],
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

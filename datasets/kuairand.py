@@ -24,16 +24,38 @@ from shoal.datasets.requests import TRIGGERS, RequestLog
 from shoal.datasets.schema import ActionSpec, Schema
 
 LOG_COLUMNS = (
-    "user_id", "video_id", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
-    "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms", "is_profile_enter",
-)  # fmt: skip
+    "user_id",
+    "video_id",
+    "time_ms",
+    "is_click",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_forward",
+    "is_hate",
+    "long_view",
+    "play_time_ms",
+    "duration_ms",
+    "is_profile_enter",
+)
 OPTIONAL_LOG_COLUMNS = ("profile_stay_time", "comment_stay_time")
 FEATURE_COLUMNS = (
-    "video_id", "author_id", "video_type", "upload_type", "music_type", "tag", "video_duration",
-)  # fmt: skip
+    "video_id",
+    "author_id",
+    "video_type",
+    "upload_type",
+    "music_type",
+    "tag",
+    "video_duration",
+)
 ITEM_FIELDS = ("tag", "author", "video_type", "upload_type", "music_type", "duration_bucket")
-_FIELD_COLUMN = {"tag": "tag", "author": "author_id", "video_type": "video_type",
-                 "upload_type": "upload_type", "music_type": "music_type"}  # fmt: skip
+_FIELD_COLUMN = {
+    "tag": "tag",
+    "author": "author_id",
+    "video_type": "video_type",
+    "upload_type": "upload_type",
+    "music_type": "music_type",
+}
 SCORE_NAMES = ("log_video_duration",)
 LABEL_NAMES = (
     "click",
@@ -45,15 +67,32 @@ LABEL_NAMES = (
     "profile_enter",
     "hate",
 )
-_LABEL_COLUMN = ("is_click", "long_view", "is_like", "is_follow", "is_comment", "is_forward",
-                 "is_profile_enter", "is_hate")  # fmt: skip
+_LABEL_COLUMN = (
+    "is_click",
+    "long_view",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_forward",
+    "is_profile_enter",
+    "is_hate",
+)
 
 # Bucket boundaries, all in seconds (ratio for play_ratio).
 PLAY_BOUNDARIES = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 DURATION_BOUNDARIES = (7.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 RATIO_BOUNDARIES = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
-GAP_BOUNDARIES = (60.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
-                  7 * 86400.0)  # fmt: skip
+GAP_BOUNDARIES = (
+    60.0,
+    600.0,
+    1800.0,
+    3600.0,
+    3 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+    3 * 86400.0,
+    7 * 86400.0,
+)
 STAY_BOUNDARIES = (1.0, 3.0, 10.0, 30.0, 60.0, 300.0)
 FIRST_GAP = 1e9
 """gap_prev of a user's first exposure (lands in the last bucket)."""
@@ -165,10 +204,11 @@ def load_kuairand(path: str | Path, cfg: KuaiRandConfig | None = None) -> Reques
     ipv_offsets = np.zeros(U + 1, dtype=np.int64)
     ipv_offsets[1:] = np.cumsum(np.bincount(user[click], minlength=U))
     ipv_act = np.stack(
-        [play_s] + [ev[c] > 0 for c in _LABEL_COLUMN[2:7]]
+        [play_s]
+        + [ev[c] > 0 for c in _LABEL_COLUMN[2:7]]
         + [ev["profile_stay_time"] / 1000.0, ev["comment_stay_time"] / 1000.0],
         axis=1,
-    )[click].astype(np.float32)  # fmt: skip
+    )[click].astype(np.float32)
     clicks_before = np.r_[0, np.cumsum(click)].astype(np.int64)  # global exclusive cumsum
 
     # Requests: user u with n exposures gets windows starting at 1, 1 + K, ... (< n).

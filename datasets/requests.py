@@ -292,9 +292,13 @@ class RequestLog:
             "ie", self.req_ie_end[idx], self.ie_offsets[user], t_req, ie_len, self.schema.ie_actions
         )
         ipv = self._sequence(
-            "ipv", self.req_ipv_end[idx], self.ipv_offsets[user], t_req, ipv_len,
+            "ipv",
+            self.req_ipv_end[idx],
+            self.ipv_offsets[user],
+            t_req,
+            ipv_len,
             self.schema.ipv_actions,
-        )  # fmt: skip
+        )
         return RerankBatch(
             request=idx,
             user=user,
@@ -334,6 +338,10 @@ class RequestLog:
         jj = np.arange(cap)[None, :]
         mask = jj < length[:, None]  # (B, cap)
         ev = np.where(mask, start[:, None] + jj, 0)  # (B, cap) global event index
+        if getattr(self, f"{pre}_item").size == 0:  # no events of this kind at all
+            B = end.shape[0]
+            zeros = np.zeros((B, cap, len(actions) + 1), np.int32)
+            return np.zeros((B, cap), np.int32), zeros, length
         items = np.where(mask, getattr(self, f"{pre}_item")[ev], 0).astype(np.int32)
         raw = getattr(self, f"{pre}_act")[ev]  # (B, cap, A)
         cols = [a.bucketize(raw[..., i]) for i, a in enumerate(actions)]

@@ -18,9 +18,19 @@ ACTION_KINDS = ("bucket", "binary", "category")
 
 # Time-since buckets (seconds) for the decay features e7 / d12: 1 min ... 30 days.
 DEFAULT_DECAY_BOUNDARIES: tuple[float, ...] = (
-    10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0,
-    86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0,
-)  # fmt: skip
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    3 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+    3 * 86400.0,
+    7 * 86400.0,
+    30 * 86400.0,
+)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def sim_schema(cfg: SimConfig) -> Schema:
             cfg.price_levels + 1,
             cfg.age_levels + 1,
             N_BC_TYPES + 1,
-        ),  # fmt: skip
+        ),
         score_names=("cloud_logit", "cloud_item_quality"),
         ie_actions=_IE_SPECS,
         ipv_actions=_IPV_SPECS,
@@ -108,8 +108,9 @@ class Simulator:
             lo, hi = (mid, hi) if (exam * sigmoid(mid + r)).mean() < cfg.target_ctr else (lo, mid)
         w.bias = (lo + hi) / 2
         for it in range(2):
-            rec = run_sessions(w, pilot, np.zeros(pilot.size), seed=self.seed + 7919 + it,
-                               record_truth=False)  # fmt: skip
+            rec = run_sessions(
+                w, pilot, np.zeros(pilot.size), seed=self.seed + 7919 + it, record_truth=False
+            )
             ctr = rec.lane_clicks.sum() / max(rec.lane_exposures.sum(), 1)
             ctr = float(np.clip(ctr, 1e-4, 0.9))
             w.bias += _logit(cfg.target_ctr) - _logit(ctr)

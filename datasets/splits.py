@@ -77,6 +77,7 @@ def activity_buckets(log: RequestLog, cfg: ActivityConfig) -> tuple[np.ndarray, 
     active = act[act > 0] if np.any(act > 0) else act
     thr = np.quantile(active, cfg.quantiles) if active.size else np.zeros(2)
     bucket = np.where(act < thr[0], 0, np.where(act >= thr[1], 2, 1)).astype(np.int8)
+    bucket[act == 0] = 0  # a user with no logged exposure is tail, whatever the quantiles
     return bucket, thr
 
 

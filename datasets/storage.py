@@ -101,6 +101,8 @@ def load(path: str | Path, mmap: bool = False) -> RequestLog:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{meta_path} is corrupt: {e}") from e
+    if not isinstance(meta, dict) or not {"name", "schema", "arrays"} <= set(meta):
+        raise ValueError(f"{meta_path} is corrupt: expected an object with name, schema, arrays")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     if meta.get("version") != VERSION:

@@ -212,8 +212,12 @@ def activity_stats(log: RequestLog) -> dict:
     top = act[int(np.floor(0.9 * n)) :].sum() / max(act.sum(), 1)
     gini = (2 * np.arange(1, n + 1) - n - 1) @ act / (n * max(act.sum(), 1))
     q = np.quantile(act, [0.1, 0.5, 0.9, 0.99]).tolist()
-    return {"quantiles_10_50_90_99": q, "mean": float(act.mean()), "top10_share": float(top),
-            "gini": float(gini)}  # fmt: skip
+    return {
+        "quantiles_10_50_90_99": q,
+        "mean": float(act.mean()),
+        "top10_share": float(top),
+        "gini": float(gini),
+    }
 
 
 def report(log: RequestLog, cfg: ShoalConfig) -> dict:

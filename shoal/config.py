@@ -193,14 +193,25 @@ def _field_type(cfg_cls: type, key: str) -> Any:
     """The annotated type of a dotted key in the dataclass tree (None if unknown)."""
     tp: Any = cfg_cls
     for part in key.split("."):
+        name, _, index = part.partition("[")
         if not dataclasses.is_dataclass(tp):
             return None
-        tp = typing.get_type_hints(tp).get(part)
+        tp = typing.get_type_hints(tp).get(name)
+        if index and typing.get_args(tp):  # an element of list[float] is a float
+            tp = typing.get_args(tp)[0]
     return tp
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _first_key(layer: Any) -> str:
+    """Best guess of the offending key when OmegaConf does not say (a scalar for a section)."""
+    try:
+        return str(next(iter(layer.keys())))
+    except Exception:
+        return "?"
 
 
 def _valid_keys(cfg_cls: type, key: str) -> list[str]:
@@ -259,16 +270,19 @@ def load_config(
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as e:
-            valid = _valid_keys(schema, e.full_key)
+            valid = _valid_keys(schema, e.full_key or "")
             raise ConfigError(
                 f"unknown config key '{e.full_key}' (from {source}); "
                 f"valid keys here: {', '.join(valid)}"
             ) from None
         except ValidationError as e:
+            key = e.full_key or _first_key(layer)
+            expected = _type_name(_field_type(schema, key))
             raise ConfigError(
-                f"config key '{e.full_key}' (from {source}) expects {_type_name(_field_type(schema, e.full_key))}"
-                f": {str(e).splitlines()[0]}"
+                f"config key '{key}' (from {source}) expects {expected}: {str(e).splitlines()[0]}"
             ) from None
+        except (OmegaConfBaseException, TypeError) as e:
+            raise ConfigError(f"{source}: not a mapping of config keys ({e})") from None
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

@@ -27,8 +27,9 @@ def test_help_lists_subcommands(capsys) -> None:
 
 
 def test_installed_entry_point_runs() -> None:
-    r = subprocess.run([sys.executable, "-m", "shoal.cli", "--version"], capture_output=True,
-                       text=True, check=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "--version"], capture_output=True, text=True, check=True
+    )
     assert r.stdout.startswith("shoal ")
 
 

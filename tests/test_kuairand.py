@@ -19,14 +19,34 @@ FEAT = "feat.csv"
 
 # Log columns in a non-standard order, with extra columns the loader ignores.
 LOG_HEADER = [
-    "video_id", "tab", "user_id", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
-    "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms", "profile_stay_time",
-    "comment_stay_time", "is_profile_enter", "date",
-]  # fmt: skip
+    "video_id",
+    "tab",
+    "user_id",
+    "time_ms",
+    "is_click",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_forward",
+    "is_hate",
+    "long_view",
+    "play_time_ms",
+    "duration_ms",
+    "profile_stay_time",
+    "comment_stay_time",
+    "is_profile_enter",
+    "date",
+]
 FEAT_HEADER = [
-    "tag", "video_id", "upload_dt", "author_id", "video_type", "upload_type", "music_type",
+    "tag",
+    "video_id",
+    "upload_dt",
+    "author_id",
+    "video_type",
+    "upload_type",
+    "music_type",
     "video_duration",
-]  # fmt: skip
+]
 
 
 def _row(user: int, video: int, t_ms: int, **kw: int) -> dict[str, int]:
@@ -60,17 +80,52 @@ ROWS = [
     _row(3, 100, 1_000_000, is_click=1, is_like=1, play_time_ms=5000, duration_ms=10000),  # dup
 ]
 FEATURES = [  # video 400 is missing; 999 is not in the log
-    {"video_id": 100, "author_id": 77, "video_type": "NORMAL", "upload_type": "Web",
-     "music_type": "9.0", "tag": "5,7", "video_duration": "10000.0"},
-    {"video_id": 200, "author_id": 12, "video_type": "AD", "upload_type": "Kmovie",
-     "music_type": "", "tag": "", "video_duration": "20000.0"},
-    {"video_id": 300, "author_id": 77, "video_type": "NORMAL", "upload_type": "Web",
-     "music_type": "4.0", "tag": "12", "video_duration": ""},
-    {"video_id": 500, "author_id": 5, "video_type": "NORMAL", "upload_type": "ShortImport",
-     "music_type": "9", "tag": "5", "video_duration": "30000.0"},
-    {"video_id": 999, "author_id": 1, "video_type": "UNKNOWN", "upload_type": "Web",
-     "music_type": "8.0", "tag": "99", "video_duration": "1000.0"},
-]  # fmt: skip
+    {
+        "video_id": 100,
+        "author_id": 77,
+        "video_type": "NORMAL",
+        "upload_type": "Web",
+        "music_type": "9.0",
+        "tag": "5,7",
+        "video_duration": "10000.0",
+    },
+    {
+        "video_id": 200,
+        "author_id": 12,
+        "video_type": "AD",
+        "upload_type": "Kmovie",
+        "music_type": "",
+        "tag": "",
+        "video_duration": "20000.0",
+    },
+    {
+        "video_id": 300,
+        "author_id": 77,
+        "video_type": "NORMAL",
+        "upload_type": "Web",
+        "music_type": "4.0",
+        "tag": "12",
+        "video_duration": "",
+    },
+    {
+        "video_id": 500,
+        "author_id": 5,
+        "video_type": "NORMAL",
+        "upload_type": "ShortImport",
+        "music_type": "9",
+        "tag": "5",
+        "video_duration": "30000.0",
+    },
+    {
+        "video_id": 999,
+        "author_id": 1,
+        "video_type": "UNKNOWN",
+        "upload_type": "Web",
+        "music_type": "8.0",
+        "tag": "99",
+        "video_duration": "1000.0",
+    },
+]
 
 
 def _write(path: Path, header: list[str], rows: list[dict]) -> Path:
@@ -98,8 +153,13 @@ def test_users_items_and_features(data: Path) -> None:
     np.testing.assert_array_equal(log.user_key, [3, 5, 7])
     assert log.n_items == 5  # videos 100, 200, 300, 400, 500 -> ids 1..5
     assert log.schema.item_fields == (
-        "tag", "author", "video_type", "upload_type", "music_type", "duration_bucket"
-    )  # fmt: skip
+        "tag",
+        "author",
+        "video_type",
+        "upload_type",
+        "music_type",
+        "duration_bucket",
+    )
     # tag: first of the list, {5, 12}; author {5, 12, 77}; type {AD, NORMAL};
     # upload {Kmovie, ShortImport, Web}; music {4, 9} ("9" == "9.0"); duration 7 buckets + 0.
     assert log.schema.item_vocab == (3, 4, 3, 4, 3, 8)
@@ -214,13 +274,19 @@ def test_missing_files(data: Path) -> None:
 
 
 def test_missing_column_names_file_and_column(data: Path) -> None:
-    _write(data / LOG, [c for c in LOG_HEADER if c != "is_click"],
-           [{k: v for k, v in r.items() if k != "is_click"} for r in ROWS])  # fmt: skip
+    _write(
+        data / LOG,
+        [c for c in LOG_HEADER if c != "is_click"],
+        [{k: v for k, v in r.items() if k != "is_click"} for r in ROWS],
+    )
     with pytest.raises(ValueError, match=r"log\.csv: missing column 'is_click' \(header has"):
         load_kuairand(data, _cfg())
     _write(data / LOG, LOG_HEADER, ROWS)
-    _write(data / FEAT, [c for c in FEAT_HEADER if c != "tag"],
-           [{k: v for k, v in r.items() if k != "tag"} for r in FEATURES])  # fmt: skip
+    _write(
+        data / FEAT,
+        [c for c in FEAT_HEADER if c != "tag"],
+        [{k: v for k, v in r.items() if k != "tag"} for r in FEATURES],
+    )
     with pytest.raises(ValueError, match=r"feat\.csv: missing column 'tag'"):
         load_kuairand(data, _cfg())
 

@@ -60,8 +60,10 @@ def test_examination_decays_with_position(log) -> None:
     b = log.batch(np.arange(0, log.n_requests, 3))
     m = b.label_mask
     pos, clicks, truth = b.cand_pos[m], b.click[m], b.truth[m]
-    ratio = [clicks[(pos >= lo) & (pos < lo + 10)].sum() / truth[(pos >= lo) & (pos < lo + 10)].sum()
-             for lo in (0, 10, 20, 30, 40)]  # fmt: skip
+    ratio = [
+        clicks[(pos >= lo) & (pos < lo + 10)].sum() / truth[(pos >= lo) & (pos < lo + 10)].sum()
+        for lo in (0, 10, 20, 30, 40)
+    ]
     assert all(a > b for a, b in zip(ratio, ratio[1:])), ratio
 
 
@@ -102,8 +104,10 @@ def test_history_end_matches_a_python_loop() -> None:
     q_user, q_time = rng.integers(0, 6, 40), rng.integers(-1, 22, 40)
     got = history_end(ev_user, ev_time.astype(float), q_user, q_time.astype(float))
     for i in range(40):
-        expect = max((j + 1 for j in range(60) if ev_user[j] == q_user[i] and ev_time[j] <= q_time[i]),
-                     default=int(np.searchsorted(ev_user, q_user[i])))  # fmt: skip
+        expect = max(
+            (j + 1 for j in range(60) if ev_user[j] == q_user[i] and ev_time[j] <= q_time[i]),
+            default=int(np.searchsorted(ev_user, q_user[i])),
+        )
         assert got[i] == expect
 
 
@@ -132,8 +136,9 @@ def test_personalization_matters_for_users_with_enough_data(log, cfg) -> None:
 def test_online_policy_evaluation(sim, log) -> None:
     users = np.arange(400)
     cloud = sim.evaluate_policy(None, users=users, sessions=2, history=log)
-    same = sim.evaluate_policy(lambda b: -b.cand_pos.astype(float), users=users, sessions=2,
-                               history=log)  # fmt: skip
+    same = sim.evaluate_policy(
+        lambda b: -b.cand_pos.astype(float), users=users, sessions=2, history=log
+    )
     # common random numbers: showing the cloud order through a policy changes nothing
     assert same["clicks"] == cloud["clicks"] and same["exposures"] == cloud["exposures"]
     assert same["rerank_calls"] > 0

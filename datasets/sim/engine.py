@@ -23,10 +23,26 @@ import numpy as np
 
 from shoal.datasets.sim.world import World, _unit, cloud_page, sample_categories, sigmoid
 
-IE_ACTIONS = ("exposure_duration", "exposure_count", "scroll_speed", "scroll_duration",
-              "scroll_count", "delete_reason")  # fmt: skip
-IPV_BINARY = ("cart", "buy", "favorite", "comment", "select_sku", "ask", "service", "detail",
-              "shop", "recommendation")  # fmt: skip
+IE_ACTIONS = (
+    "exposure_duration",
+    "exposure_count",
+    "scroll_speed",
+    "scroll_duration",
+    "scroll_count",
+    "delete_reason",
+)
+IPV_BINARY = (
+    "cart",
+    "buy",
+    "favorite",
+    "comment",
+    "select_sku",
+    "ask",
+    "service",
+    "detail",
+    "shop",
+    "recommendation",
+)
 LABELS = ("click", "cart", "buy", "favorite", "delete")
 DELETE_REASONS = 4
 # Per IPV binary action: logit base and slope on the (clipped) utility.
@@ -39,12 +55,20 @@ _PAGE_CHUNK = 16384  # lanes per cloud-page call (bounds the (L, N, ...) tempora
 class ReRanker(Protocol):
     """What the engine needs from an online policy."""
 
-    def observe(self, kind: str, lanes: np.ndarray, items: np.ndarray, times: np.ndarray,
-                acts: np.ndarray) -> None:  # fmt: skip
+    def observe(
+        self, kind: str, lanes: np.ndarray, items: np.ndarray, times: np.ndarray, acts: np.ndarray
+    ) -> None:
         """New ``"ie"`` or ``"ipv"`` events of ``lanes`` (raw actions, as stored in a log)."""
 
-    def rerank(self, lanes: np.ndarray, t: np.ndarray, items: np.ndarray, scores: np.ndarray,
-               cloud_pos: np.ndarray, mask: np.ndarray) -> np.ndarray:  # fmt: skip
+    def rerank(
+        self,
+        lanes: np.ndarray,
+        t: np.ndarray,
+        items: np.ndarray,
+        scores: np.ndarray,
+        cloud_pos: np.ndarray,
+        mask: np.ndarray,
+    ) -> np.ndarray:
         """Scores (T, K) for the remaining candidates ``items`` (T, K); higher is shown first."""
 
 
@@ -141,11 +165,15 @@ def run_sessions(
         disp = pg_display[lanes]
         take = np.take_along_axis
         slates.add(
-            id=pg_slate[lanes], user=user[lanes], time=pg_time[lanes],
-            item=take(pg_item[lanes], disp, 1), score=take(pg_score[lanes], disp[..., None], 1),
-            label=take(pg_label[lanes], disp[..., None], 1), observed=take(pg_obs[lanes], disp, 1),
+            id=pg_slate[lanes],
+            user=user[lanes],
+            time=pg_time[lanes],
+            item=take(pg_item[lanes], disp, 1),
+            score=take(pg_score[lanes], disp[..., None], 1),
+            label=take(pg_label[lanes], disp[..., None], 1),
+            observed=take(pg_obs[lanes], disp, 1),
             cloud_pos=disp,
-        )  # fmt: skip
+        )
         pg_slate[lanes] = -1
 
     step = 0
@@ -229,8 +257,9 @@ def run_sessions(
         fire = trig & (s + 1 < P)
         if fire.any():
             f = a[fire]
-            kind = np.where(click[fire], _TRIG_CLICK, np.where(delete[fire], _TRIG_DELETE,
-                            _TRIG_EXPOSURES))  # fmt: skip
+            kind = np.where(
+                click[fire], _TRIG_CLICK, np.where(delete[fire], _TRIG_DELETE, _TRIG_EXPOSURES)
+            )
             if policy is not None:
                 _rerank(policy, f, s[fire] + 1, t, pg_item, pg_score, pg_display)
             cols = dict(user=user[f], time=t[f], slate=pg_slate[f], start=s[fire] + 1, trigger=kind)
@@ -266,8 +295,15 @@ def _intent_category(world: World, users: np.ndarray, u: np.ndarray) -> np.ndarr
     return sample_categories(prob, u)
 
 
-def _rerank(policy: ReRanker, f: np.ndarray, first: np.ndarray, t: np.ndarray,
-            pg_item: np.ndarray, pg_score: np.ndarray, pg_display: np.ndarray) -> None:  # fmt: skip
+def _rerank(
+    policy: ReRanker,
+    f: np.ndarray,
+    first: np.ndarray,
+    t: np.ndarray,
+    pg_item: np.ndarray,
+    pg_score: np.ndarray,
+    pg_display: np.ndarray,
+) -> None:
     """Ask the policy to order the remaining display slots ``[first, N)`` of lanes ``f``."""
     N = pg_item.shape[1]
     K = N - int(first.min())
@@ -279,8 +315,10 @@ def _rerank(policy: ReRanker, f: np.ndarray, first: np.ndarray, t: np.ndarray,
     scores = np.take_along_axis(pg_score[f], cloud_pos[..., None], axis=1) * mask[..., None]
     pscore = np.asarray(policy.rerank(f, t[f], items, scores, cloud_pos, mask), np.float64)
     if pscore.shape != items.shape or not np.all(np.isfinite(pscore[mask])):
-        raise ValueError(f"policy returned scores of shape {pscore.shape} (expected {items.shape})"
-                         " or non-finite scores")  # fmt: skip
+        raise ValueError(
+            f"policy returned scores of shape {pscore.shape} (expected {items.shape})"
+            " or non-finite scores"
+        )
     order = np.argsort(np.where(mask, -pscore, np.inf), axis=1, kind="stable")
     new = np.take_along_axis(cloud_pos, order, axis=1)  # (T, K) best first, padding last
     rel = np.arange(N)[None, :] - first[:, None]  # (T, N) slot relative to the first free one
@@ -291,13 +329,22 @@ def _rerank(policy: ReRanker, f: np.ndarray, first: np.ndarray, t: np.ndarray,
 def _done_or_empty(lists: _Lists, n_act: int) -> dict[str, np.ndarray]:
     if lists.cols:
         return lists.done()
-    return {"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int32),
-            "time": np.zeros(0), "act": np.zeros((0, n_act), np.float32)}  # fmt: skip
+    return {
+        "user": np.zeros(0, np.int64),
+        "item": np.zeros(0, np.int32),
+        "time": np.zeros(0),
+        "act": np.zeros((0, n_act), np.float32),
+    }
 
 
 def _requests_or_empty(lists: _Lists, n: int) -> dict[str, np.ndarray]:
     if lists.cols:
         return lists.done()
-    return {"user": np.zeros(0, np.int64), "time": np.zeros(0), "slate": np.zeros(0, np.int64),
-            "start": np.zeros(0, np.int32), "trigger": np.zeros(0, np.int64),
-            "truth": np.zeros((0, n), np.float16)}  # fmt: skip
+    return {
+        "user": np.zeros(0, np.int64),
+        "time": np.zeros(0),
+        "slate": np.zeros(0, np.int64),
+        "start": np.zeros(0, np.int32),
+        "trigger": np.zeros(0, np.int64),
+        "truth": np.zeros((0, n), np.float16),
+    }

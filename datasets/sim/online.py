@@ -60,8 +60,9 @@ class _Ring:
         self.act[lanes] = getattr(log, f"{pre}_act")[ev] * mask[..., None]
         self.len[lanes] = length
 
-    def gather(self, lanes: np.ndarray, t: np.ndarray, actions: tuple[ActionSpec, ...],
-               decay: ActionSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    def gather(
+        self, lanes: np.ndarray, t: np.ndarray, actions: tuple[ActionSpec, ...], decay: ActionSpec
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         length = self.len[lanes]
         mask = np.arange(self.item.shape[1])[None, :] < length[:, None]
         raw = self.act[lanes]
@@ -74,8 +75,16 @@ class _Ring:
 class _OnlineReRanker:
     """Adapts a batch policy to the engine's :class:`~shoal.datasets.sim.engine.ReRanker`."""
 
-    def __init__(self, policy: Policy, schema: Schema, item_feat: np.ndarray, user: np.ndarray,
-                 ie_len: int, ipv_len: int, history: RequestLog | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: Policy,
+        schema: Schema,
+        item_feat: np.ndarray,
+        user: np.ndarray,
+        ie_len: int,
+        ipv_len: int,
+        history: RequestLog | None,
+    ) -> None:
         self.policy, self.schema, self.item_feat, self.user = policy, schema, item_feat, user
         L = user.shape[0]
         self.ie = _Ring(L, ie_len, len(schema.ie_actions))
@@ -86,16 +95,24 @@ class _OnlineReRanker:
             self.ie.load(lanes, history, "ie", user)
             self.ipv.load(lanes, history, "ipv", user)
 
-    def observe(self, kind: str, lanes: np.ndarray, items: np.ndarray, times: np.ndarray,
-                acts: np.ndarray) -> None:  # fmt: skip
+    def observe(
+        self, kind: str, lanes: np.ndarray, items: np.ndarray, times: np.ndarray, acts: np.ndarray
+    ) -> None:
         ring = self.ie if kind == "ie" else self.ipv
         if kind == "ie":  # exposure count: times this item is in the kept history, plus one
             acts = acts.copy()
             acts[:, 1] = 1 + ((ring.item[lanes] == items[:, None]).sum(1))
         ring.push(lanes, items, times, acts)
 
-    def rerank(self, lanes: np.ndarray, t: np.ndarray, items: np.ndarray, scores: np.ndarray,
-               cloud_pos: np.ndarray, mask: np.ndarray) -> np.ndarray:  # fmt: skip
+    def rerank(
+        self,
+        lanes: np.ndarray,
+        t: np.ndarray,
+        items: np.ndarray,
+        scores: np.ndarray,
+        cloud_pos: np.ndarray,
+        mask: np.ndarray,
+    ) -> np.ndarray:
         sch, decay = self.schema, self.schema.decay_action
         ie_item, ie_act, ie_len = self.ie.gather(lanes, t, sch.ie_actions, decay)
         ipv_item, ipv_act, ipv_len = self.ipv.gather(lanes, t, sch.ipv_actions, decay)
@@ -110,10 +127,15 @@ class _OnlineReRanker:
             cand_mask=mask,
             label=np.zeros((B, K, len(sch.label_names)), np.int8),
             label_mask=np.zeros((B, K), bool),
-            ie_item=ie_item, ie_feat=self.item_feat[ie_item], ie_act=ie_act, ie_len=ie_len,
-            ipv_item=ipv_item, ipv_feat=self.item_feat[ipv_item], ipv_act=ipv_act,
+            ie_item=ie_item,
+            ie_feat=self.item_feat[ie_item],
+            ie_act=ie_act,
+            ie_len=ie_len,
+            ipv_item=ipv_item,
+            ipv_feat=self.item_feat[ipv_item],
+            ipv_act=ipv_act,
             ipv_len=ipv_len,
-        )  # fmt: skip
+        )
         self.calls += 1
         return np.asarray(self.policy(batch))
 
@@ -167,8 +189,9 @@ def evaluate_policy(
     seed = sim.seed + 1 if seed is None else int(seed)
     wrapper = None
     if policy is not None:
-        wrapper = _OnlineReRanker(policy, sim_schema(cfg), sim.world.item_features(), lane_user,
-                                  ie_len, ipv_len, history)  # fmt: skip
+        wrapper = _OnlineReRanker(
+            policy, sim_schema(cfg), sim.world.item_features(), lane_user, ie_len, ipv_len, history
+        )
     rec = run_sessions(sim.world, lane_user, start, seed=seed, policy=wrapper, record_truth=False)
     clicks = rec.lane_clicks.reshape(users.size, sessions).sum(1)
     exposures = rec.lane_exposures.reshape(users.size, sessions).sum(1)
