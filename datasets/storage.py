@@ -63,7 +63,7 @@ def save(log: RequestLog, path: str | Path, overwrite: bool = False) -> Path:
         }
         for k, a in arrays.items():
             np.save(tmp / f"{k}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=json_default))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -134,7 +134,8 @@ def load(path: str | Path, mmap: bool = False) -> RequestLog:
     return log
 
 
-def _json_default(o: object) -> object:
+def json_default(o: object) -> object:
+    """``json.dumps`` default for numpy scalars, arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shoal.config import to_yaml
+from shoal.datasets.storage import json_default
 
 
 def make_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None) -> Path:
@@ -28,12 +27,4 @@ def make_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None) -> Path
 
 def write_json(path: Path, obj: Any) -> None:
     """JSON with numpy scalars and arrays converted."""
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    path.write_text(json.dumps(obj, indent=1, default=default))
+    path.write_text(json.dumps(obj, indent=1, default=json_default))
