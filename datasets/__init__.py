@@ -38,7 +38,8 @@ def _sim(cfg: ShoalConfig) -> RequestLog:
 
     if cfg.path:
         return storage.load(cfg.path)
-    return Simulator(cfg.sim, cfg.seed).generate()
+    seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    return Simulator(cfg.sim, seed).generate()
 
 
 @DATASETS.register("kuairand")

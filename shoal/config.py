@@ -162,6 +162,90 @@ class ActivityConfig:
         _check(0.0 < q[0] < q[1] < 1.0, "activity.quantiles", f"needs 0 < q0 < q1 < 1, got {q}")
 
 
+@dataclass
+class ModelConfig:
+    """Reranker model (``shoal.client.models``); unused fields are ignored by a model."""
+
+    name: str = "crban-hubsm"
+    """Registered model: dnn-rank, dlcm, crban-hubsm-ie, crban-hubsm-ipv, crban-huism,
+    crban-hubsm (= edgerec, the full EdgeRec model) or kuaishou."""
+    field_dim: int = 8
+    """Cloud part: embedding size of each categorical item field."""
+    id_dim: int = 16
+    """Cloud part: item-id embedding size (0 = no id embedding)."""
+    hidden: int = 32
+    """GRU hidden units and item-encoding size."""
+    gru_layers: int = 3
+    attention: int = 32
+    """Bahdanau attention units."""
+    mlp: list[int] = field(default_factory=lambda: [32])
+    """Hidden sizes of the scoring MLP."""
+    action_dim: int = 4
+    """Embedding size of each bucketized behaviour-action feature (device side)."""
+    time_dim: int = 8
+    """Embedding size of the time-since-behaviour bucket."""
+    dropout: float = 0.0
+    heads: int = 4
+    """kuaishou: target-attention heads (must divide ``hidden``)."""
+    experts: int = 4
+    """kuaishou: MMoE experts."""
+    tasks: list[str] = field(default_factory=lambda: ["click", "long_view", "like", "favorite"])
+    """kuaishou: label heads besides the derived has-next task (those the dataset lacks are
+    dropped; click is always first)."""
+    beam: int = 4
+    """kuaishou: beam width of the next-slot search."""
+    beam_depth: int = 10
+    """kuaishou: slots chosen by beam search; the rest follow in reward order."""
+    reward_alpha: float = 1.0
+    """kuaishou: ListReward weight of the effective-view probability."""
+    reward_beta: float = 0.5
+    """kuaishou: ListReward weight of the like probability."""
+
+    def __post_init__(self) -> None:
+        for k in ("hidden", "gru_layers", "attention", "action_dim", "time_dim", "heads"):
+            _check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
+        for k in ("field_dim", "id_dim"):
+            _check(getattr(self, k) >= 0, f"model.{k}", f"must be >= 0, got {getattr(self, k)}")
+        _check(self.field_dim + self.id_dim > 0, "model.field_dim", "field_dim + id_dim must be > 0")
+        _check(all(h >= 1 for h in self.mlp), "model.mlp", f"sizes must be >= 1, got {self.mlp}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _check(self.hidden % self.heads == 0, "model.heads", "must divide model.hidden")
+        _check(self.experts >= 1 and self.beam >= 1, "model.experts", "experts, beam must be >= 1")
+        _check(self.beam_depth >= 0, "model.beam_depth", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Centralized (cloud) training: Adam, early stopping on a validation split."""
+
+    lr: float = 0.005
+    batch: int = 128
+    """Requests per mini-batch (each carries its whole candidate list)."""
+    epochs: int = 20
+    """Maximum epochs."""
+    patience: int = 2
+    """Stop after this many epochs without a better validation GAUC."""
+    val_fraction: float = 0.1
+    """Share of the training pages held out for early stopping (whole pages, seeded)."""
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    """Max gradient L2 norm (0 = no clipping)."""
+    eval_batch: int = 512
+    threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    max_requests: int = 0
+    """Cap on training requests, sampled with the seed (0 = all)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        for k in ("batch", "epochs", "eval_batch"):
+            _check(getattr(self, k) >= 1, f"train.{k}", f"must be >= 1, got {getattr(self, k)}")
+        _check(self.patience >= 1, "train.patience", "must be >= 1")
+        _check(0.0 < self.val_fraction < 1.0, "train.val_fraction", "must be in (0, 1)")
+        for k in ("weight_decay", "grad_clip", "threads", "max_requests"):
+            _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
+
+
 DATASETS = ("sim", "kuairand")
 
 
@@ -170,6 +254,9 @@ class ShoalConfig:
     """Top-level configuration of a Shoal run."""
 
     seed: int = 0
+    """Seed of everything random in a run (model init, batching, sampling)."""
+    data_seed: int | None = None
+    """Seed of the simulated data (None = ``seed``); fix it to vary runs on identical data."""
     dataset: str = "sim"
     """Which dataset: ``sim`` (built-in simulator) or ``kuairand``."""
     path: str | None = None
@@ -179,6 +266,8 @@ class ShoalConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     seq: SequenceConfig = field(default_factory=SequenceConfig)
     activity: ActivityConfig = field(default_factory=ActivityConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs"
     """Parent folder of run directories."""
 
@@ -187,6 +276,9 @@ class ShoalConfig:
             self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}"
         )
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(
+            self.data_seed is None or self.data_seed >= 0, "data_seed", "must be >= 0 or null"
+        )
 
 
 def _field_type(cfg_cls: type, key: str) -> Any:

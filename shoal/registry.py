@@ -1,4 +1,4 @@
-"""Name → factory registries (datasets now; models and strategies join them).
+"""Name → factory registries of datasets, reranker models and strategies.
 
 A registry is filled when the module that defines the entries is imported, and read by name
 through :meth:`Registry.get`, which names the known entries when a name is unknown.
@@ -51,3 +51,5 @@ class Registry:
 
 
 DATASETS = Registry("dataset")
+MODELS = Registry("model")
+STRATEGIES = Registry("strategy")

@@ -1,0 +1,45 @@
+"""What every device network shares: its inputs, its outputs, and its size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INPUT_NAMES = (
+    "cand_emb",  # (B, K, D) float: cloud-shipped embeddings of the candidates
+    "cand_score",  # (B, K, S) float: cloud scores of the candidates
+    "cand_mask",  # (B, K) bool
+    "ie_emb",  # (B, m, D) float: embeddings of the exposed items, oldest first
+    "ie_act",  # (B, m, A_ie + 1) int64: bucketized exposure actions, last column time-since
+    "ie_mask",  # (B, m) bool
+    "ipv_emb",  # (B, n, D) float: embeddings of the page-viewed (clicked) items
+    "ipv_act",  # (B, n, A_ipv + 1) int64
+    "ipv_mask",  # (B, n) bool
+)
+"""Positional inputs of every device network's ``forward`` (and of its ONNX graph)."""
+
+
+class DeviceNetwork(nn.Module):
+    """Base of the networks that run on the device, after the cloud's embedding lookups.
+
+    Subclasses set ``tasks`` (output heads, ``tasks[0] == "click"``) and implement
+    ``forward(*inputs) -> logits (B, K, len(tasks))`` over :data:`INPUT_NAMES`.
+    """
+
+    tasks: tuple[str, ...] = ("click",)
+
+    def order_scores(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scores whose descending order is the displayed order: (B, K, T) → (B, K).
+
+        Pointwise models rank by the click logit; list-generating models override this.
+        """
+        return logits[..., 0]
+
+    def set_score_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardization of the cloud scores (fitted on training data, shipped as buffers)."""
+        self.candidate.set_score_stats(mean, std)
+
+    def size_bytes(self) -> int:
+        """Bytes of all parameters and buffers (what ships to the device, float32)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))

@@ -1,0 +1,233 @@
+"""Building blocks of the device networks: item encoder, list context, behaviour encoders,
+behaviour attention, scoring MLP.
+
+Conventions: ``B`` requests, ``K`` candidates, ``T`` behaviour slots; sequences are
+left-aligned (slot 0 oldest, padding after the last real entry) with boolean masks True on real
+entries. Because padding comes after the real entries, a GRU run over the padded tensor gives
+exact outputs on the real slots, and the final state is read at slot ``len - 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NEG_INF = -1e9
+
+
+def last_state(out: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Output at slot ``length - 1`` of every row (zeros where ``length == 0``).
+
+    out (B, T, H), length (B,) int64 → (B, H)
+    """
+    idx = (length - 1).clamp(min=0)[:, None, None].expand(-1, 1, out.shape[-1])  # (B, 1, H)
+    last = out.gather(1, idx).squeeze(1)  # (B, H)
+    return last * (length > 0)[:, None].to(out.dtype)
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear-ReLU stack ``sizes[0] → ... → sizes[-1]`` (ReLU after every layer)."""
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class CandidateEncoder(nn.Module):
+    """Pointwise candidate encoding from the shipped embedding and the cloud scores.
+
+    Cloud scores are standardized with statistics fitted on training data
+    (:meth:`set_score_stats`); they are buffers, so they ship with the device network.
+    """
+
+    def __init__(self, emb_dim: int, n_scores: int, hidden: int):
+        super().__init__()
+        self.register_buffer("score_mean", torch.zeros(n_scores))
+        self.register_buffer("score_std", torch.ones(n_scores))
+        self.proj = nn.Linear(emb_dim + n_scores, hidden)
+
+    def set_score_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.score_mean.copy_(mean)
+        self.score_std.copy_(std.clamp(min=1e-6))
+
+    def forward(self, emb: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """emb (B, K, D), score (B, K, S) → (B, K, H)."""
+        z = (score - self.score_mean) / self.score_std  # (B, K, S)
+        return torch.relu(self.proj(torch.cat([emb, z], dim=-1)))
+
+
+class ListContext(nn.Module):
+    """DLCM list encoder: a GRU over the candidates in reverse cloud order.
+
+    Returns per-candidate encodings (in the original order) and the final state, the local
+    ranking context ``s`` (dominated by the top of the cloud's list, which the GRU reads last).
+    """
+
+    def __init__(self, d_in: int, hidden: int, layers: int):
+        super().__init__()
+        self.gru = nn.GRU(d_in, hidden, layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, K, D), mask (B, K) → out (B, K, H), s (B, H)."""
+        length = mask.sum(1)  # (B,)
+        j = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, K)
+        # reverse the real prefix of each row; j -> L-1-j is its own inverse there
+        rev = torch.where(j < length[:, None], length[:, None] - 1 - j, j)  # (B, K)
+        idx = rev[..., None].expand(-1, -1, x.shape[-1])
+        out_r, _ = self.gru(x.gather(1, idx))  # (B, K, H), reversed order
+        s = last_state(out_r, length)  # (B, H)
+        out = out_r.gather(1, rev[..., None].expand(-1, -1, out_r.shape[-1]))  # (B, K, H)
+        return out * mask[..., None].to(out.dtype), s
+
+
+class ActionEmbedding(nn.Module):
+    """Concatenated embeddings of bucketized action features (device-side, small vocabularies)."""
+
+    def __init__(self, vocab: tuple[int, ...], dim: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(int(v), dim, padding_idx=0) for v in vocab)
+        self.out_dim = dim * len(vocab)
+
+    def forward(self, act: torch.Tensor) -> torch.Tensor:
+        """act (..., A) int64 → (..., A * dim)."""
+        return torch.cat([t(act[..., i]) for i, t in enumerate(self.tables)], dim=-1)
+
+
+class HUBSMEncoder(nn.Module):
+    """Heterogeneous user behaviour sequence model (EdgeRec eq. 3-5): one GRU over the items,
+    one over the actions; the encoding of slot j is ``[p̂_j, â_j]``.
+
+    The time-since-behaviour column (the last action column) is **not** fed to the GRUs: it
+    changes with every request, and keeping it out is what makes the encoding incremental
+    (one GRU step per new behaviour, :meth:`step`). It enters the attention instead
+    (:class:`BehaviourBranch`). This is a Shoal choice; the paper lists time decay among the
+    action features without saying where it enters.
+    """
+
+    def __init__(
+        self,
+        emb_dim: int,
+        action_vocab: tuple[int, ...],
+        cfg_hidden: int,
+        layers: int,
+        action_dim: int,
+    ):
+        super().__init__()
+        self.actions = ActionEmbedding(action_vocab, action_dim)
+        self.item_gru = nn.GRU(emb_dim, cfg_hidden, layers, batch_first=True)
+        self.action_gru = nn.GRU(self.actions.out_dim, cfg_hidden, layers, batch_first=True)
+        self.hidden, self.layers = cfg_hidden, layers
+        self.out_dim = 2 * cfg_hidden
+
+    def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """emb (B, T, D), act (B, T, A) without the time column → enc (B, T, 2H)."""
+        p_hat, _ = self.item_gru(emb)  # (B, T, H)
+        a_hat, _ = self.action_gru(self.actions(act))  # (B, T, H)
+        return torch.cat([p_hat, a_hat], dim=-1)
+
+    def initial_state(self, batch: int = 1) -> torch.Tensor:
+        """(2, layers, B, H) zeros: item-GRU and action-GRU states before any behaviour."""
+        return torch.zeros(2, self.layers, batch, self.hidden)
+
+    def step(
+        self, emb: torch.Tensor, act: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance by one behaviour.
+
+        emb (B, D), act (B, A), state (2, layers, B, H) → enc (B, 2H), new state.
+        """
+        p_hat, h_item = self.item_gru(emb[:, None, :], state[0].contiguous())  # (B, 1, H)
+        a_hat, h_act = self.action_gru(self.actions(act)[:, None, :], state[1].contiguous())
+        return torch.cat([p_hat[:, 0], a_hat[:, 0]], dim=-1), torch.stack([h_item, h_act])
+
+
+class HUISMEncoder(nn.Module):
+    """DIN-style item-only encoding: a projection of each behaviour item, no actions."""
+
+    def __init__(self, emb_dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(emb_dim, hidden)
+        self.out_dim = hidden
+
+    def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """emb (B, T, D) → enc (B, T, H); ``act`` is ignored."""
+        return torch.relu(self.proj(emb))
+
+
+class BehaviourAttention(nn.Module):
+    """Bahdanau attention (EdgeRec eq. 10-11).
+
+    ``a_tj = softmax_j(v^T tanh(W_q q_t + W_k k_j))`` and ``c_t = Σ_j a_tj v_j``.
+
+    A request with an empty sequence gets a zero context.
+    """
+
+    def __init__(self, q_dim: int, k_dim: int, units: int):
+        super().__init__()
+        self.w_q = nn.Linear(q_dim, units, bias=False)
+        self.w_k = nn.Linear(k_dim, units)
+        self.v = nn.Linear(units, 1, bias=False)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """q (B, K, Dq), k (B, T, Dk), v (B, T, Dv), mask (B, T) → context (B, K, Dv)."""
+        e = self.v(torch.tanh(self.w_q(q)[:, :, None] + self.w_k(k)[:, None])).squeeze(-1)
+        e = e.masked_fill(~mask[:, None, :], NEG_INF)  # (B, K, T)
+        a = torch.softmax(e, dim=-1) * mask[:, None, :].to(e.dtype)  # empty row -> all zero
+        return a @ v  # (B, K, Dv)
+
+
+class BehaviourBranch(nn.Module):
+    """One behaviour sequence (IE or IPV): encoder + time-since embedding + attention.
+
+    ``kind="hubsm"``: keys ``[p̂_j, τ_j]``, values ``[â_j, p̂_j, τ_j]`` (τ = time-since
+    embedding). ``kind="huism"``: keys = values = the item projection (no actions, no time),
+    as DIN.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        emb_dim: int,
+        action_vocab: tuple[int, ...],
+        q_dim: int,
+        hidden: int,
+        layers: int,
+        action_dim: int,
+        time_dim: int,
+        attention: int,
+    ):
+        super().__init__()
+        if kind not in ("hubsm", "huism"):
+            raise ValueError(f"behaviour encoder must be 'hubsm' or 'huism', got {kind!r}")
+        self.kind = kind
+        if kind == "hubsm":
+            self.encoder: nn.Module = HUBSMEncoder(
+                emb_dim, action_vocab[:-1], hidden, layers, action_dim
+            )
+            self.time = nn.Embedding(int(action_vocab[-1]), time_dim, padding_idx=0)
+            k_dim, self.out_dim = hidden + time_dim, 2 * hidden + time_dim
+        else:
+            self.encoder = HUISMEncoder(emb_dim, hidden)
+            k_dim = self.out_dim = hidden
+        self.attention = BehaviourAttention(q_dim, k_dim, attention)
+
+    def encode(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """emb (B, T, D), act (B, T, A + 1) → enc (B, T, E): what the device stores per slot."""
+        return self.encoder(emb, act[..., :-1])
+
+    def attend(
+        self, query: torch.Tensor, enc: torch.Tensor, since: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """query (B, K, Dq), enc (B, T, E), since (B, T) time bucket, mask (B, T) → (B, K, out)."""
+        if self.kind == "huism":
+            return self.attention(query, enc, enc, mask)
+        h = self.encoder.hidden
+        p_hat, a_hat = enc[..., :h], enc[..., h:]
+        tau = self.time(since)  # (B, T, time_dim)
+        keys = torch.cat([p_hat, tau], dim=-1)
+        values = torch.cat([a_hat, p_hat, tau], dim=-1)
+        return self.attention(query, keys, values, mask)
