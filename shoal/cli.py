@@ -32,9 +32,21 @@ def _config_file(name: str) -> Path:
     return Path(str(packaged))
 
 
+SHORTHANDS = {"model": "model.name"}
+"""``key=value`` overrides that name a section's main field: ``model=dlcm`` → ``model.name``."""
+
+
+def _expand(overrides: list[str]) -> list[str]:
+    out = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        out.append(f"{SHORTHANDS[key]}={value}" if eq and key in SHORTHANDS else item)
+    return out
+
+
 def _load(args: argparse.Namespace) -> ShoalConfig:
     files = [_config_file(c) for c in args.config] if args.config else [_config_file("default")]
-    cfg = load_config(files, args.overrides)
+    cfg = load_config(files, _expand(args.overrides))
     if args.show_config:
         print(to_yaml(cfg), end="")
     return cfg
@@ -118,6 +130,56 @@ def cmd_experiment_sim_signals(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from shoal.experiments.train import train
+
+    cfg = _load(args)
+
+    def on_epoch(rec: dict[str, float]) -> None:
+        print(
+            f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  val GAUC {rec['val_gauc']:.4f}"
+            f"  ({rec['seconds']:.1f} s)",
+            flush=True,
+        )
+
+    out = train(cfg, on_epoch=on_epoch)
+    rows = [(f"test {m}", _fmt(v)) for m, v in out.test.items() if m in REPORTED]
+    rows.append(("device network", f"{out.summary['device_bytes'] / 1024:.1f} KiB"))
+    rows.append(("best epoch", str(out.summary["fit"]["best_epoch"])))
+    _print_table(f"train {cfg.model.name} on {cfg.dataset}", rows)
+    print(f"run: {out.run_dir}")
+    return 0
+
+
+REPORTED = ("gauc", "uauc", "ndcg@10", "logloss", "requests")
+
+
+def cmd_experiment_table2(args: argparse.Namespace) -> int:
+    from shoal.experiments import edgerec_table2 as t2
+    from shoal.experiments.runs import make_run_dir, write_json
+
+    cfg = _load(args)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    models = [m.strip() for m in args.models.split(",")] if args.models else list(t2.MODELS)
+    unknown = [m for m in models if m not in t2.MODELS]
+    if unknown:
+        raise ValueError(f"not EdgeRec Table 2 models: {unknown}; known: {list(t2.MODELS)}")
+    out = Path(args.out) if args.out else make_run_dir(cfg, "edgerec-table2")
+
+    def on_result(r: dict) -> None:
+        g = r["test"]["gauc"]["all"]
+        print(f"{r['dataset']:9s} {r['model']:16s} seed {r['seed']}  GAUC {g:.4f}", flush=True)
+
+    results = t2.run(cfg, out, datasets, args.seeds, models, args.workers, on_result)
+    summary = t2.summarize(results)
+    write_json(out / "summary.json", summary)
+    table = t2.markdown(summary)
+    (out / "table.md").write_text(table)
+    print(table)
+    print(f"results: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal",
@@ -148,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_data_generate)
 
+    p = sub.add_parser(
+        "train",
+        help="train one reranker on pooled data (the centralized baseline)",
+        description="Centralized training, e.g. `shoal train model.name=dlcm dataset=sim`: "
+        "trains on cloud-history + device-fresh requests, early-stops on held-out pages, "
+        "evaluates on test by activity bucket; writes runs/<timestamp>-train-<model>/ "
+        "(config.yaml, metrics.json, model.pt). `model=<name>` is short for model.name.",
+    )
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
     exp = sub.add_parser("experiment", help="run a named experiment")
     exp_sub = exp.add_subparsers(dest="experiment", required=True, metavar="name")
     p = exp_sub.add_parser(
@@ -158,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.set_defaults(func=cmd_experiment_sim_signals)
+    p = exp_sub.add_parser(
+        "edgerec-table2",
+        help="reproduce EdgeRec's Table 2 (six models x seeds, sim and KuaiRand)",
+        description="Train the six EdgeRec models with the same budget on identical data "
+        "and write a GAUC table (mean ± std over seeds) next to the paper's numbers. "
+        "Resumable: rerun with the same --out to skip finished runs.",
+    )
+    p.add_argument("--datasets", default="sim,kuairand", help="comma-separated (default both)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
+    p.add_argument("--models", default="", help="comma-separated subset (default all six)")
+    p.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    p.add_argument("--out", default="", help="results folder (default a new run directory)")
+    _add_common(p)
+    p.set_defaults(func=cmd_experiment_table2)
     return parser
 
 

@@ -171,8 +171,10 @@ class ModelConfig:
     crban-hubsm (= edgerec, the full EdgeRec model) or kuaishou."""
     field_dim: int = 8
     """Cloud part: embedding size of each categorical item field."""
-    id_dim: int = 16
-    """Cloud part: item-id embedding size (0 = no id embedding)."""
+    id_dim: int = 0
+    """Cloud part: item-id embedding size (0 = none, as in EdgeRec, whose items are described
+    by p1-p7 only). On the simulator a 16-dim id table memorised clicks (train loss 0.08 vs
+    0.13) and lost 0.03 test GAUC with DNN-rank."""
     hidden: int = 32
     """GRU hidden units and item-encoding size."""
     gru_layers: int = 3
@@ -206,7 +208,7 @@ class ModelConfig:
             _check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
         for k in ("field_dim", "id_dim"):
             _check(getattr(self, k) >= 0, f"model.{k}", f"must be >= 0, got {getattr(self, k)}")
-        _check(self.field_dim + self.id_dim > 0, "model.field_dim", "field_dim + id_dim must be > 0")
+        _check(self.field_dim + self.id_dim > 0, "model.field_dim", "field_dim + id_dim must > 0")
         _check(all(h >= 1 for h in self.mlp), "model.mlp", f"sizes must be >= 1, got {self.mlp}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _check(self.hidden % self.heads == 0, "model.heads", "must divide model.hidden")
@@ -231,10 +233,13 @@ class TrainConfig:
     grad_clip: float = 5.0
     """Max gradient L2 norm (0 = no clipping)."""
     eval_batch: int = 512
-    threads: int = 0
-    """torch intra-op threads (0 = torch's default)."""
+    threads: int = 1
+    """torch intra-op threads (0 = torch's default). One is fastest for these small GRUs: on
+    2 cores a full-model step took 0.36 s with 1 thread and 1.8 s with 2."""
     max_requests: int = 0
     """Cap on training requests, sampled with the seed (0 = all)."""
+    device: str = "cpu"
+    """torch device to train on: cpu, cuda, or auto (cuda when available)."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", "must be > 0")
@@ -244,6 +249,11 @@ class TrainConfig:
         _check(0.0 < self.val_fraction < 1.0, "train.val_fraction", "must be in (0, 1)")
         for k in ("weight_decay", "grad_clip", "threads", "max_requests"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
+        _check(
+            self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
+            "train.device",
+            f"must be cpu, cuda, cuda:<n> or auto, got {self.device!r}",
+        )
 
 
 DATASETS = ("sim", "kuairand")
@@ -276,9 +286,7 @@ class ShoalConfig:
             self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {self.dataset!r}"
         )
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        _check(
-            self.data_seed is None or self.data_seed >= 0, "data_seed", "must be >= 0 or null"
-        )
+        _check(self.data_seed is None or self.data_seed >= 0, "data_seed", "must be >= 0 or null")
 
 
 def _field_type(cfg_cls: type, key: str) -> Any:

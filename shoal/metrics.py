@@ -201,6 +201,8 @@ def _stat_names(ks: tuple[int, ...]) -> tuple[str, ...]:
 
 def _check_layout(buckets: Any, ks: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Validate bucket names and cut-offs; return them as tuples."""
+    if isinstance(buckets, str):
+        raise ValueError(f"buckets must be a sequence of names, not the string {buckets!r}")
     buckets, ks = tuple(buckets), tuple(ks)
     if not buckets:
         raise ValueError("buckets must name at least one bucket")

@@ -19,11 +19,17 @@ INPUT_NAMES = (
 """Positional inputs of every device network's ``forward`` (and of its ONNX graph)."""
 
 
+def take(x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """Rows of candidates: x (B, K, D), select (B, J) int64 → (B, J, D)."""
+    return x.gather(1, select[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class DeviceNetwork(nn.Module):
     """Base of the networks that run on the device, after the cloud's embedding lookups.
 
     Subclasses set ``tasks`` (output heads, ``tasks[0] == "click"``) and implement
-    ``forward(*inputs) -> logits (B, K, len(tasks))`` over :data:`INPUT_NAMES`.
+    ``forward(*inputs, select=None) -> logits (B, K, len(tasks))`` over :data:`INPUT_NAMES`;
+    ``select`` (B, J) restricts the scored candidates (training skips unlabelled ones).
     """
 
     tasks: tuple[str, ...] = ("click",)

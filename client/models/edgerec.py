@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shoal.client.models.base import DeviceNetwork
+from shoal.client.models.base import DeviceNetwork, take
 from shoal.client.models.parts import BehaviourBranch, CandidateEncoder, ListContext, mlp
 
 SEQUENCE_KINDS = ("none", "hubsm", "huism")
@@ -125,10 +125,13 @@ class EdgeRecNet(DeviceNetwork):
         ipv_enc: torch.Tensor | None,
         ipv_since: torch.Tensor,
         ipv_mask: torch.Tensor,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score candidates from stored behaviour encodings → logits (B, K, 1).
 
         ``*_since`` (B, T) are the time-since buckets at request time (last action column).
+        ``select`` (B, J) int64, optional: score only these candidates (all of them still form
+        the list context) → (B, J, 1); training uses it to skip unlabelled candidates.
         """
         e = self.candidate(cand_emb, cand_score)  # (B, K, H)
         parts = [e]
@@ -137,6 +140,9 @@ class EdgeRecNet(DeviceNetwork):
             p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
             parts += [p_hat, s[:, None, :].expand_as(p_hat)]
             query = p_hat
+        if select is not None:
+            parts = [take(x, select) for x in parts]  # (B, J, .)
+            query = take(query, select)
         if self.ie is not None:
             parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask))  # (B, K, E)
         if self.ipv is not None:
@@ -154,8 +160,10 @@ class EdgeRecNet(DeviceNetwork):
         ipv_emb: torch.Tensor,
         ipv_act: torch.Tensor,
         ipv_mask: torch.Tensor,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Full forward from raw sequences (see ``base.INPUT_NAMES``) → logits (B, K, 1)."""
+        """Full forward from raw sequences (see ``base.INPUT_NAMES``) → logits (B, K, 1)
+        (``(B, J, 1)`` with ``select``, see :meth:`rerank`)."""
         ie_enc, ipv_enc = self.encode(ie_emb, ie_act, ipv_emb, ipv_act)
         return self.rerank(
             cand_emb,
@@ -167,4 +175,5 @@ class EdgeRecNet(DeviceNetwork):
             ipv_enc,
             ipv_act[..., -1],
             ipv_mask,
+            select,
         )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shoal.client.models.base import DeviceNetwork
+from shoal.client.models.base import DeviceNetwork, take
 from shoal.client.models.parts import NEG_INF, ActionEmbedding, CandidateEncoder, ListContext, mlp
 from shoal.client.models.reranker import HAS_NEXT
 
@@ -179,14 +179,19 @@ class KuaishouNet(DeviceNetwork):
         ipv_emb: torch.Tensor,
         ipv_act: torch.Tensor,
         ipv_mask: torch.Tensor,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Inputs as ``base.INPUT_NAMES`` → logits (B, K, T)."""
+        """Inputs as ``base.INPUT_NAMES`` → logits (B, K, T); with ``select`` (B, J) only those
+        candidates are scored → (B, J, T)."""
         e = self.candidate(cand_emb, cand_score)  # (B, K, H)
         parts, query = [e], e
         if self.list_context is not None:
             p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
             parts += [p_hat, s[:, None, :].expand_as(p_hat)]
             query = p_hat
+        if select is not None:
+            parts = [take(x, select) for x in parts]  # (B, J, .)
+            query = take(query, select)
         tok_ie = torch.relu(self.ie_token(torch.cat([ie_emb, self.ie_actions(ie_act)], -1)))
         tok_ipv = torch.relu(self.ipv_token(torch.cat([ipv_emb, self.ipv_actions(ipv_act)], -1)))
         tokens = torch.cat([tok_ie, tok_ipv], dim=1)  # (B, m + n, H)
@@ -202,7 +207,8 @@ class KuaishouNet(DeviceNetwork):
         reward = cfg.alpha * p[..., self.tasks.index(cfg.ev_task)]
         if cfg.like_task is not None:
             reward = reward + cfg.beta * p[..., self.tasks.index(cfg.like_task)]
-        return beam_order_scores(p_next, reward, mask, cfg.beam, cfg.beam_depth).to(logits.dtype)
+        out = beam_order_scores(p_next.cpu(), reward.cpu(), mask.cpu(), cfg.beam, cfg.beam_depth)
+        return out.to(device=logits.device, dtype=logits.dtype)
 
 
 def list_reward(order: torch.Tensor, p_next: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
@@ -242,16 +248,23 @@ def beam_order_scores(
     seq = torch.zeros(B, 1, 0, dtype=torch.long)
     for _ in range(depth):
         W = placed.shape[1]
-        gain = total[..., None] + surv[..., None] * r[:, None, :]  # (B, W, K)
-        # exhausted rows may only pick padding: same key for every beam of the row
-        key = gain - PAD_PENALTY * placed.to(torch.float64)
+        # a placed (or padding) slot adds nothing, whatever reward padding carries
+        gain = total[..., None] + surv[..., None] * torch.where(placed, 0.0, r[:, None, :])
+        # an exhausted beam may only pick padding: key = its total - penalty. A beam with real
+        # candidates left that picks a placed slot leaves a hole: it is dead, and its total
+        # keeps twice the penalty so that it never outranks a live beam (nor wins at the end)
+        live = ~placed.all(-1)  # (B, W)
+        cost = placed.to(torch.float64) * (1.0 + live[..., None].to(torch.float64))
+        key = gain - PAD_PENALTY * cost  # (B, W, K)
         top = key.reshape(B, W * K).topk(min(beam, W * K), dim=1).indices  # (B, W')
         parent, item = top // K, top % K
         placed = placed.gather(1, parent[..., None].expand(-1, -1, K)).clone()
         is_real = ~placed.gather(2, item[..., None]).squeeze(-1)  # (B, W')
+        hole = live.gather(1, parent) & ~is_real  # (B, W')
         placed.scatter_(2, item[..., None], True)
         surv_p, total_p = surv.gather(1, parent), total.gather(1, parent)
         total = total_p + torch.where(is_real, surv_p * r.gather(1, item), 0.0)
+        total = total - 2 * PAD_PENALTY * hole.to(torch.float64)
         surv = torch.where(is_real, surv_p * pn.gather(1, item), surv_p)
         seq = torch.cat(
             [

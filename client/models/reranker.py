@@ -56,17 +56,21 @@ class Reranker(nn.Module):
             tb["ipv_mask"],
         )
 
-    def forward(self, tb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, K, T) of every task."""
-        return self.device(*self.ship(tb))
+    def forward(
+        self, tb: dict[str, torch.Tensor], select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K, T) of every task; (B, J, T) for the candidates ``select`` (B, J)."""
+        return self.device(*self.ship(tb), select=select)
 
     def order_scores(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, K) scores whose descending order is the displayed order."""
         return self.device.order_scores(logits, mask)
 
 
-def batch_tensors(batch: RerankBatch) -> dict[str, torch.Tensor]:
-    """Model inputs of a gathered batch as torch tensors (ids int64, masks bool)."""
+def batch_tensors(
+    batch: RerankBatch, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Model inputs of a gathered batch as torch tensors (ids int64, masks bool) on ``device``."""
     out = {
         "cand_item": batch.cand_item,
         "cand_feat": batch.cand_feat,
@@ -89,6 +93,8 @@ def batch_tensors(batch: RerankBatch) -> dict[str, torch.Tensor]:
             tensors[k] = torch.from_numpy(v.astype(np.int64))
         else:
             tensors[k] = torch.from_numpy(v.astype(np.float32))
+    if torch.device(device).type != "cpu":
+        tensors = {k: t.to(device, non_blocking=True) for k, t in tensors.items()}
     return tensors
 
 
@@ -118,6 +124,19 @@ def task_targets(
             cols.append(batch.label[..., schema.label_names.index(t)] > 0)
         masks.append(obs)
     return np.stack(cols, -1).astype(np.float32), np.stack(masks, -1)
+
+
+def labelled_index(label_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the labelled candidates of each request, left-aligned.
+
+    label_mask (B, K) bool → select (B, J) int64 (padded with 0) and its mask (B, J) bool, with
+    ``J`` the most labelled candidates of any request (at least 1).
+    """
+    count = label_mask.sum(1)  # (B,)
+    J = max(int(count.max()) if count.size else 0, 1)
+    order = np.argsort(~label_mask, axis=1, kind="stable")[:, :J]  # labelled first, in order
+    mask = np.arange(J)[None, :] < count[:, None]
+    return np.where(mask, order, 0).astype(np.int64), mask
 
 
 def score_stats(batch: RerankBatch) -> tuple[torch.Tensor, torch.Tensor]:
