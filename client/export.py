@@ -16,21 +16,25 @@ Three graphs ship to a device (``docs/deployment.md``):
 Batch ``B``, candidates ``K`` and sequence lengths ``m``, ``n`` are dynamic axes.
 
 Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). With torch 2.13
-the dynamo exporter cannot keep a GRU's sequence length dynamic: ``torch.export`` traces
-``aten.gru`` through its decomposition, which unrolls over time steps, so a dynamic ``K``/``m``/
-``n`` raises a constraint violation (*"your code specialized it to be a constant"*);
-``torch.onnx.export(dynamo=True)`` then falls back silently and writes a graph whose GRU
-outputs carry the example's fixed lengths as shape annotations (it happens to run at other
-lengths in ONNX Runtime, but the graph's declared shapes are wrong), and it takes 10-20 s per
-model. The TorchScript exporter maps ``nn.GRU`` to the ONNX ``GRU`` op with a symbolic
-sequence axis, in well under a second; the tests export at one ``K``/``m``/``n`` and run at
-others. It is deprecated in torch; revisit when ``torch.export`` keeps RNN lengths symbolic.
+the dynamo exporter cannot keep a GRU's sequence length dynamic: ``torch.export.export`` with
+``dynamic_shapes`` fails with a constraint violation (*"You marked K as dynamic but your code
+specialized it to be a constant"*) on exactly the axes that run through an ``nn.GRU`` (``K``
+for every model with a list context, ``m`` and ``n`` too with HUBSM; ``dnn-rank`` exports
+fine). ``torch.onnx.export(dynamo=True)`` relaxes those axes and succeeds anyway, but the GRU
+outputs then carry the example's fixed lengths in the graph's shape annotations (the graph
+happens to run at other lengths in ONNX Runtime, its declared shapes are wrong), and the
+export takes 4-20 s per model. The TorchScript exporter maps ``nn.GRU`` to the ONNX ``GRU``
+op with a symbolic sequence axis, in well under a second; the tests export at one
+``K``/``m``/``n`` and run at others. It is deprecated in torch: revisit when ``torch.export``
+keeps RNN lengths symbolic.
+
 The TorchScript exporter drops inputs a graph does not use (``dnn-rank`` keeps only
 ``cand_emb`` and ``cand_score``): feed graphs through :func:`run_onnx`, which passes only the
 inputs the graph kept.
 
 The cloud part (embedding tables) is never exported: the graphs take embeddings as inputs, and
-an ``device.onnx`` file is about ``net.size_bytes()`` large (a test checks it).
+a ``device.onnx`` file holds exactly the device network's parameters and buffers: about
+``net.size_bytes()`` plus ~12 % graph structure (a test checks it).
 """
 
 from __future__ import annotations

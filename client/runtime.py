@@ -108,11 +108,6 @@ class SequenceState:
         self.count = 0  # behaviours pushed since creation / reset
         self._gru = self.branch.encoder.initial_state(1) if self.recurrent else None
 
-    @property
-    def gru_shape(self) -> tuple[int, ...] | None:
-        """(2, L, 1, H) for HUBSM, None for HUISM."""
-        return None if self._gru is None else tuple(self._gru.shape)
-
     def push(self, emb: torch.Tensor, act: torch.Tensor, time: float) -> torch.Tensor:
         """Encode one new behaviour and store it in the ring.
 

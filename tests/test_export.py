@@ -35,9 +35,9 @@ N_ITEMS = 3  # the tiny log's catalog
 RUN_SHAPES = [(3, 11, 9, 6), (1, 1, 1, 1), (4, 20, 3, 13)]  # (B, K, m, n), export is (2, 7, 5, 4)
 
 
-def _model(name: str, n_items: int = N_ITEMS) -> Reranker:
+def _model(name: str, n_items: int = N_ITEMS, id_dim: int = 0) -> Reranker:
     torch.manual_seed(0)
-    return build_model(ModelConfig(name=name), tiny_schema(), n_items).eval()
+    return build_model(ModelConfig(name=name, id_dim=id_dim), tiny_schema(), n_items).eval()
 
 
 def _close(onnx_out: np.ndarray, ref: torch.Tensor) -> None:
@@ -137,7 +137,7 @@ def test_export_device_writes_every_graph(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["crban-hubsm", "kuaishou", "dnn-rank"])
 def test_graph_holds_device_weights_only(name: str, tmp_path) -> None:
     n_items = 20_000
-    model = _model(name, n_items)
+    model = _model(name, n_items, id_dim=16)  # a catalog-size item-id table in the cloud part
     net = model.device
     path = export_onnx(net, tmp_path / "d.onnx")
     weights = onnx.load(str(path)).graph.initializer
