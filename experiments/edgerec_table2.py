@@ -72,6 +72,7 @@ def _train_one(cfg: ShoalConfig, threads: int) -> dict[str, Any]:
         "test": {m: out.test[m] for m in RECORDED},
         "best_epoch": s["fit"]["best_epoch"],
         "epochs": len(s["fit"]["history"]),
+        "val_gauc": [h["val_gauc"] for h in s["fit"]["history"]],
         "fit_seconds": s["fit"]["seconds"],
         "device_bytes": s["device_bytes"],
         "requests": s["requests"],

@@ -54,6 +54,22 @@ def validation_split(
     return np.sort(idx[~is_val]), np.sort(idx[is_val])
 
 
+def per_page_sample(
+    log: RequestLog, idx: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most ``k`` random requests of each page among ``idx`` (all of them if ``k == 0``)."""
+    if k <= 0:
+        return idx
+    perm = rng.permutation(idx)
+    slate = log.req_slate[perm]
+    order = np.argsort(slate, kind="stable")  # random order kept within each page
+    s = slate[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(s.size), 0))
+    keep = (np.arange(s.size) - start) < k
+    return np.sort(perm[order[keep]])
+
+
 def training_requests(log: RequestLog, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) request indices: cloud history + device-fresh pooled, and test."""
     return np.flatnonzero(split != TEST), np.flatnonzero(split == TEST)
@@ -96,7 +112,10 @@ def fit(
     bad = 0
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        loss = train_epoch(model, opt, log, train_idx, cfg.batch, seq, rng, cfg.grad_clip)
+        epoch_idx = per_page_sample(log, train_idx, cfg.per_page, rng)
+        loss = train_epoch(
+            model, opt, log, epoch_idx, cfg.batch, seq, rng, cfg.grad_clip, cfg.listwise
+        )
         val = evaluate(model, log, val_idx, zero_bucket, cfg.eval_batch, seq).finalize()
         rec = {
             "epoch": epoch,

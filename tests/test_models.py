@@ -62,14 +62,14 @@ SEES = {
 # device-network bytes with the default ModelConfig on the default simulator schema
 # (quoted in docs/models.md; update both together)
 DEVICE_BYTES = {
-    "dnn-rank": 12_948,
-    "dlcm": 97_172,
-    "crban-hubsm-ie": 278_308,
-    "crban-hubsm-ipv": 285_876,
-    "crban-huism": 138_900,
-    "crban-hubsm": 467_012,
-    "edgerec": 467_012,
-    "kuaishou": 208_060,
+    "dnn-rank": 10_900,
+    "dlcm": 95_124,
+    "crban-hubsm-ie": 270_244,
+    "crban-hubsm-ipv": 277_812,
+    "crban-huism": 133_012,
+    "crban-hubsm": 452_932,
+    "edgerec": 452_932,
+    "kuaishou": 201_916,
 }
 
 
@@ -264,12 +264,12 @@ def test_table2_variant_has_exactly_its_parts(name: str) -> None:
         if k == "hubsm"
     )
     assert len(_modules(net, BehaviourAttention)) == 2 - [ie, ipv].count("none")
-    # head input: e (H), [p̂, s] (2H) with list context, branch outputs
+    # head input: e (H), [p̂, s] (2H) with list context, branch outputs (+1: attention mass)
     H, T = 32, 8
     d = (
         H
         + 2 * H * list_ctx
-        + sum({"hubsm": 2 * H + T, "huism": H, "none": 0}[k] for k in (ie, ipv))
+        + sum({"hubsm": 2 * H + T + 1, "huism": H + 1, "none": 0}[k] for k in (ie, ipv))
     )
     assert net.head[0][0].in_features == d
 
@@ -546,7 +546,7 @@ def test_huism_ignores_every_action_column(col: int) -> None:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_device_holds_no_catalog_table(name: str) -> None:
     n_items = 5000
-    model = _model(name, n_items=n_items)
+    model = _model(name, n_items=n_items, id_dim=16)  # with an item-id table (default: none)
     max_action = max(SIM_SCHEMA.ie_action_vocab + SIM_SCHEMA.ipv_action_vocab)
     dev_tables = _modules(model.device, nn.Embedding)
     assert all(t.num_embeddings <= max_action for t in dev_tables)
@@ -583,7 +583,7 @@ def test_device_size_with_default_config(name: str) -> None:
 
 def test_ship_looks_up_the_cloud_tables() -> None:
     log = tiny_log()
-    model = _model("crban-hubsm", log.schema, log.n_items)
+    model = _model("crban-hubsm", log.schema, log.n_items, id_dim=16)
     tb = batch_tensors(log.batch(np.arange(3)))
     shipped = model.ship(tb)
     assert len(shipped) == len(INPUT_NAMES)

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shoal.cli import main
 from shoal.client.checkpoint import load_reranker, save_reranker
 from shoal.client.models import build_model
 from shoal.client.models.reranker import batch_tensors, labelled_index, task_targets
 from shoal.client.training import SeqLens, batch_loss, evaluate, predict
-from shoal.cli import main
 from shoal.config import ModelConfig, TrainConfig, load_config
 from shoal.datasets import load_dataset
 from shoal.datasets.splits import TEST, assign_splits
@@ -55,7 +55,7 @@ def test_labelled_index_left_aligns_labelled_positions() -> None:
 
 
 def test_batch_loss_equals_masked_bce_over_all_candidates(tiny) -> None:
-    cfg, log = tiny
+    _cfg, log = tiny
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="crban-hubsm", hidden=8, gru_layers=1), log.schema, 400)
     b = log.batch(np.arange(16), 8, 4)
@@ -76,7 +76,7 @@ def test_validation_split_moves_whole_pages(tiny) -> None:
     assert np.intersect1d(log.req_slate[tr], log.req_slate[va]).size == 0
     n_pages = np.unique(log.req_slate).size
     assert np.unique(log.req_slate[va]).size == round(0.25 * n_pages)
-    tr2, va2 = validation_split(log, idx, 0.25, np.random.default_rng(0))
+    _tr2, va2 = validation_split(log, idx, 0.25, np.random.default_rng(0))
     assert np.array_equal(va, va2)
 
 
@@ -207,5 +207,40 @@ def test_table2_run_is_resumable(tiny, tmp_path) -> None:
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
     (tmp_path / "results.jsonl").write_text("{broken\n")
-    with pytest.raises(ValueError, match="results.jsonl:1"):
+    with pytest.raises(ValueError, match=r"results\.jsonl:1"):
         t2.run(cfg, tmp_path, ["sim"], 1, ["dnn-rank"])
+
+
+def test_softmax_ce_by_hand() -> None:
+    from shoal.client.training import softmax_ce
+
+    z = torch.tensor([[1.0, 0.0, 2.0, 5.0], [0.0, 1.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor(
+        [[True, True, True, False], [True, True, False, False], [True] * 2 + [False] * 2]
+    )
+    # row 0: slot 3 is padding; log-softmax over (1, 0, 2); positives slots 0 and 2
+    lse = np.log(np.exp(1) + np.exp(0) + np.exp(2))
+    row0 = -((1 - lse) + (2 - lse)) / 2
+    # row 1: only positives among its labelled slots -> skipped; row 2: positive slot 1
+    row2 = -(1 - np.log(np.exp(3) + np.exp(1)))
+    assert softmax_ce(z, y, mask).item() == pytest.approx((row0 + row2) / 2, rel=1e-6)
+    none = softmax_ce(z, torch.zeros_like(y), mask)
+    assert none.item() == 0.0
+
+
+def test_per_page_sample_draws_k_requests_of_every_page(tiny) -> None:
+    from shoal.server.training import per_page_sample
+
+    _, log = tiny
+    idx = np.arange(log.n_requests)
+    one = per_page_sample(log, idx, 1, np.random.default_rng(0))
+    pages = log.req_slate[idx]
+    assert np.array_equal(np.sort(log.req_slate[one]), np.unique(pages))  # one per page
+    two = per_page_sample(log, idx, 2, np.random.default_rng(0))
+    counts = np.bincount(log.req_slate[two])
+    assert counts.max() <= 2
+    assert np.array_equal(counts > 0, np.bincount(pages, minlength=counts.size) > 0)
+    other = per_page_sample(log, idx, 1, np.random.default_rng(1))
+    assert not np.array_equal(one, other)  # a fresh draw each epoch
+    assert np.array_equal(per_page_sample(log, idx, 0, np.random.default_rng(0)), idx)

@@ -53,6 +53,9 @@ def _edgerec(name: str):
             action_dim=mcfg.action_dim,
             time_dim=mcfg.time_dim,
             dropout=mcfg.dropout,
+            query=mcfg.query,
+            attention_mass=mcfg.attention_mass,
+            attention_match=mcfg.attention_match,
         )
         return Reranker(name, cloud, EdgeRecNet(cfg))
 

@@ -53,8 +53,19 @@ class EdgeRecConfig:
     action_dim: int = 4
     time_dim: int = 8
     dropout: float = 0.0
+    attention_mass: bool = True
+    """Also feed the head the attention mass ``log(1 + Σ_j exp(e_tj))`` of each sequence
+    (``parts.BehaviourAttention``; False = the paper's softmax context alone)."""
+    attention_match: bool = False
+    """Add a bilinear match term ``q^T M k`` to the additive attention score
+    (``parts.BehaviourAttention``; False = the paper's Bahdanau score)."""
+    query: str = "list"
+    """Attention query: ``list`` = the candidate's list-GRU encoding p̂_t (the paper),
+    ``item`` = its pointwise encoding e_t. Without list context the query is always e_t."""
 
     def __post_init__(self) -> None:
+        if self.query not in ("list", "item"):
+            raise ValueError(f"query must be 'list' or 'item', got {self.query!r}")
         for k in ("ie", "ipv"):
             if getattr(self, k) not in SEQUENCE_KINDS:
                 raise ValueError(f"{k} must be one of {SEQUENCE_KINDS}, got {getattr(self, k)!r}")
@@ -82,6 +93,8 @@ class EdgeRecNet(DeviceNetwork):
             action_dim=cfg.action_dim,
             time_dim=cfg.time_dim,
             attention=cfg.attention,
+            mass=cfg.attention_mass,
+            match=cfg.attention_match,
         )
         self.ie = (
             BehaviourBranch(cfg.ie, action_vocab=cfg.ie_action_vocab, **branch)
@@ -139,7 +152,7 @@ class EdgeRecNet(DeviceNetwork):
         if self.list_context is not None:
             p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
             parts += [p_hat, s[:, None, :].expand_as(p_hat)]
-            query = p_hat
+            query = p_hat if self.cfg.query == "list" else e
         if select is not None:
             parts = [take(x, select) for x in parts]  # (B, J, .)
             query = take(query, select)

@@ -159,25 +159,44 @@ class HUISMEncoder(nn.Module):
 class BehaviourAttention(nn.Module):
     """Bahdanau attention (EdgeRec eq. 10-11).
 
-    ``a_tj = softmax_j(v^T tanh(W_q q_t + W_k k_j))`` and ``c_t = Σ_j a_tj v_j``.
+    ``a_tj = softmax_j(e_tj)`` with ``e_tj = v^T tanh(W_q q_t + W_k k_j)``, and
+    ``c_t = Σ_j a_tj v_j``. A request with an empty sequence gets a zero context.
 
-    A request with an empty sequence gets a zero context.
+    With ``match=True`` the score also has a bilinear term ``q_t^T M k_j``: an additive score
+    ``v^T tanh(W_q q + W_k k)`` sums separate functions of query and key inside the tanh and
+    represents "the candidate is like this behaviour" (an equality) only crudely; DIN adds the
+    product ``q ⊙ k`` to its attention input for the same reason. A Shoal addition.
+
+    With ``mass=True`` the output also carries ``log(1 + Σ_j exp(e_tj))`` (attention with a
+    null slot): softmax normalisation hides *how much* of the sequence matches the candidate
+    (one matching click or ten give the same context), and that amount is the signal (DIN drops
+    the normalisation for the same reason). A Shoal addition; ``mass=False`` is the paper.
     """
 
-    def __init__(self, q_dim: int, k_dim: int, units: int):
+    def __init__(
+        self, q_dim: int, k_dim: int, units: int, mass: bool = False, match: bool = False
+    ):
         super().__init__()
         self.w_q = nn.Linear(q_dim, units, bias=False)
         self.w_k = nn.Linear(k_dim, units)
         self.v = nn.Linear(units, 1, bias=False)
+        self.mass = mass
+        self.match = nn.Linear(q_dim, k_dim, bias=False) if match else None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """q (B, K, Dq), k (B, T, Dk), v (B, T, Dv), mask (B, T) → context (B, K, Dv)."""
+        """q (B, K, Dq), k (B, T, Dk), v (B, T, Dv), mask (B, T) → (B, K, Dv [+ 1])."""
         e = self.v(torch.tanh(self.w_q(q)[:, :, None] + self.w_k(k)[:, None])).squeeze(-1)
+        if self.match is not None:
+            e = e + self.match(q) @ k.transpose(1, 2)  # (B, K, T) bilinear q^T M k
         e = e.masked_fill(~mask[:, None, :], NEG_INF)  # (B, K, T)
         a = torch.softmax(e, dim=-1) * mask[:, None, :].to(e.dtype)  # empty row -> all zero
-        return a @ v  # (B, K, Dv)
+        ctx = a @ v  # (B, K, Dv)
+        if not self.mass:
+            return ctx
+        null = torch.zeros_like(e[..., :1])  # (B, K, 1)
+        return torch.cat([ctx, torch.logsumexp(torch.cat([e, null], -1), -1, keepdim=True)], -1)
 
 
 class BehaviourBranch(nn.Module):
@@ -199,6 +218,8 @@ class BehaviourBranch(nn.Module):
         action_dim: int,
         time_dim: int,
         attention: int,
+        mass: bool = False,
+        match: bool = False,
     ):
         super().__init__()
         if kind not in ("hubsm", "huism"):
@@ -213,7 +234,8 @@ class BehaviourBranch(nn.Module):
         else:
             self.encoder = HUISMEncoder(emb_dim, hidden)
             k_dim = self.out_dim = hidden
-        self.attention = BehaviourAttention(q_dim, k_dim, attention)
+        self.attention = BehaviourAttention(q_dim, k_dim, attention, mass, match)
+        self.out_dim += int(mass)
 
     def encode(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """emb (B, T, D), act (B, T, A + 1) → enc (B, T, E): what the device stores per slot."""
