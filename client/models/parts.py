@@ -173,9 +173,7 @@ class BehaviourAttention(nn.Module):
     the normalisation for the same reason). A Shoal addition; ``mass=False`` is the paper.
     """
 
-    def __init__(
-        self, q_dim: int, k_dim: int, units: int, mass: bool = False, match: bool = False
-    ):
+    def __init__(self, q_dim: int, k_dim: int, units: int, mass: bool = False, match: bool = False):
         super().__init__()
         self.w_q = nn.Linear(q_dim, units, bias=False)
         self.w_k = nn.Linear(k_dim, units)
