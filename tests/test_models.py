@@ -456,6 +456,28 @@ def test_behaviour_attention_matches_loops() -> None:
     assert torch.equal(got[2], torch.zeros(2, 7))  # empty sequence -> zero context
 
 
+def test_behaviour_attention_mass_and_match_by_hand() -> None:
+    """mass = log(1 + Σ_j exp e_tj) over real slots; match adds q^T M k to every score."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 3, generator=g)
+    v = torch.randn(2, 5, 6, generator=g)
+    mask = _mask([5, 0], 5)
+    plain = BehaviourAttention(4, 3, 5)
+    both = BehaviourAttention(4, 3, 5, mass=True, match=True)
+    both.load_state_dict({**plain.state_dict(), "match.weight": both.match.weight.detach()})
+    with torch.no_grad():
+        base = plain.v(torch.tanh(plain.w_q(q)[:, :, None] + plain.w_k(k)[:, None])).squeeze(-1)
+        M = both.match.weight  # (k_dim, q_dim)
+        e = base + torch.einsum("bkq,dq,btd->bkt", q, M, k)  # (B, K, T)
+        out = both(q, k, v, mask)  # (B, K, 6 + 1)
+        a = torch.softmax(e[0], -1)
+        torch.testing.assert_close(out[0, :, :6], a @ v[0], atol=1e-6, rtol=0)
+        mass = torch.log(1 + torch.exp(e[0]).sum(-1))
+        torch.testing.assert_close(out[0, :, 6], mass, atol=1e-5, rtol=0)
+        assert torch.equal(out[1], torch.zeros(3, 7))  # empty sequence: zero context, mass 0
+
+
 def test_behaviour_attention_single_slot_returns_its_value() -> None:
     torch.manual_seed(0)
     att = BehaviourAttention(2, 2, 3)
