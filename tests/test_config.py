@@ -176,6 +176,19 @@ def test_yaml_whose_top_level_is_not_a_mapping_is_a_config_error(tmp_path: Path)
         (["seq.ie_len=0"], "'seq.ie_len'"),
         (["kuairand.candidates=0"], "'kuairand.candidates'"),
         (["seed=-1"], "'seed'"),
+        (["data_seed=-2"], "'data_seed'"),
+        (["model.heads=5"], "'model.heads'"),  # does not divide hidden=32
+        (["model.hidden=0"], "'model.hidden'"),
+        (["model.field_dim=0", "model.id_dim=0"], "'model.field_dim'"),
+        (["model.mlp=[32,0]"], "'model.mlp'"),
+        (["model.dropout=1.0"], "'model.dropout'"),
+        (["model.query=candidate"], "'model.query'"),
+        (["train.lr=0"], "'train.lr'"),
+        (["train.batch=0"], "'train.batch'"),
+        (["train.val_fraction=1.0"], "'train.val_fraction'"),
+        (["train.listwise=-1"], "'train.listwise'"),
+        (["train.per_page=-1"], "'train.per_page'"),
+        (["train.device=tpu"], "'train.device'"),
     ],
 )
 def test_range_checks_name_the_key(overrides: list[str], key: str) -> None:
@@ -260,3 +273,10 @@ def test_to_yaml_of_directly_built_dataclass(tmp_path: Path) -> None:
     cfg = ShoalConfig(seed=9, sim=SimConfig(users=7, items=300, candidates=30, page_size=10))
     back = load_config(files=[_yaml(tmp_path, "d.yaml", to_yaml(cfg))])
     assert back == cfg
+
+
+def test_model_and_train_sections_parse_and_type_check() -> None:
+    cfg = load_config(overrides=["model.name=dlcm", "model.mlp=[64,32]", "train.listwise=0"])
+    assert (cfg.model.name, cfg.model.mlp, cfg.train.listwise) == ("dlcm", [64, 32], 0.0)
+    assert "expects bool" in _error(overrides=["model.attention_mass=maybe"])
+    assert "unknown config key 'train.lr_decay'" in _error(overrides=["train.lr_decay=1"])
