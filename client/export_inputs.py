@@ -99,7 +99,7 @@ def rerank_inputs(net: EdgeRecNet, inputs: tuple[torch.Tensor, ...]) -> tuple[to
     -------
     tuple of torch.Tensor
         The nine inputs in :data:`RERANK_INPUT_NAMES` order. An absent branch's encoding is a
-        (B, T, 0) placeholder (the graph drops that input).
+        empty (B, T, 0) tensor (the graph drops that input).
     """
     if not isinstance(net, EdgeRecNet):
         raise TypeError(f"rerank graphs exist for EdgeRecNet only, got {type(net).__name__}")

@@ -34,6 +34,32 @@ class DeviceNetwork(nn.Module):
 
     tasks: tuple[str, ...] = ("click",)
 
+    def encode_candidates(
+        self,
+        cand_emb: torch.Tensor,
+        cand_score: torch.Tensor,
+        cand_mask: torch.Tensor,
+        select: torch.Tensor | None,
+        query_from_list: bool = True,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Candidate encoder + list context, shared by the device networks.
+
+        Returns the head's candidate parts ``[e_t, p̂_t, s]`` (``[e_t]`` without list context),
+        each (B, K, .), and the attention query (``p̂_t``, or ``e_t`` when there is no list
+        context or ``query_from_list`` is False); with ``select`` (B, J) only those rows.
+        Subclasses set ``self.candidate`` and ``self.list_context`` (None = off).
+        """
+        e = self.candidate(cand_emb, cand_score)  # (B, K, H)
+        parts, query = [e], e
+        if self.list_context is not None:
+            p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
+            parts += [p_hat, s[:, None, :].expand_as(p_hat)]
+            query = p_hat if query_from_list else e
+        if select is not None:
+            parts = [take(x, select) for x in parts]  # (B, J, .)
+            query = take(query, select)
+        return parts, query
+
     def order_scores(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scores whose descending order is the displayed order: (B, K, T) → (B, K).
 

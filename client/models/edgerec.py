@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shoal.client.models.base import DeviceNetwork, take
+from shoal.client.models.base import DeviceNetwork
 from shoal.client.models.parts import BehaviourBranch, CandidateEncoder, ListContext, mlp
 
 SEQUENCE_KINDS = ("none", "hubsm", "huism")
@@ -146,16 +146,9 @@ class EdgeRecNet(DeviceNetwork):
         ``select`` (B, J) int64, optional: score only these candidates (all of them still form
         the list context) → (B, J, 1); training uses it to skip unlabelled candidates.
         """
-        e = self.candidate(cand_emb, cand_score)  # (B, K, H)
-        parts = [e]
-        query = e
-        if self.list_context is not None:
-            p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
-            parts += [p_hat, s[:, None, :].expand_as(p_hat)]
-            query = p_hat if self.cfg.query == "list" else e
-        if select is not None:
-            parts = [take(x, select) for x in parts]  # (B, J, .)
-            query = take(query, select)
+        parts, query = self.encode_candidates(
+            cand_emb, cand_score, cand_mask, select, self.cfg.query == "list"
+        )
         if self.ie is not None:
             parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask))  # (B, K, E)
         if self.ipv is not None:

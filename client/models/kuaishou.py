@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shoal.client.models.base import DeviceNetwork, take
+from shoal.client.models.base import DeviceNetwork
 from shoal.client.models.parts import NEG_INF, ActionEmbedding, CandidateEncoder, ListContext, mlp
 from shoal.client.models.reranker import HAS_NEXT
 
@@ -183,15 +183,7 @@ class KuaishouNet(DeviceNetwork):
     ) -> torch.Tensor:
         """Inputs as ``base.INPUT_NAMES`` → logits (B, K, T); with ``select`` (B, J) only those
         candidates are scored → (B, J, T)."""
-        e = self.candidate(cand_emb, cand_score)  # (B, K, H)
-        parts, query = [e], e
-        if self.list_context is not None:
-            p_hat, s = self.list_context(e, cand_mask)  # (B, K, H), (B, H)
-            parts += [p_hat, s[:, None, :].expand_as(p_hat)]
-            query = p_hat
-        if select is not None:
-            parts = [take(x, select) for x in parts]  # (B, J, .)
-            query = take(query, select)
+        parts, query = self.encode_candidates(cand_emb, cand_score, cand_mask, select)
         tok_ie = torch.relu(self.ie_token(torch.cat([ie_emb, self.ie_actions(ie_act)], -1)))
         tok_ipv = torch.relu(self.ipv_token(torch.cat([ipv_emb, self.ipv_actions(ipv_act)], -1)))
         tokens = torch.cat([tok_ie, tok_ipv], dim=1)  # (B, m + n, H)
