@@ -98,7 +98,7 @@ def rerank_inputs(net: EdgeRecNet, inputs: tuple[torch.Tensor, ...]) -> tuple[to
     Returns
     -------
     tuple of torch.Tensor
-        The nine inputs in :data:`RERANK_INPUT_NAMES` order. An absent branch's encoding is a
+        The nine inputs in :data:`RERANK_INPUT_NAMES` order. An absent branch's encoding is an
         empty (B, T, 0) tensor (the graph drops that input).
     """
     if not isinstance(net, EdgeRecNet):
