@@ -169,3 +169,19 @@ def evaluate(
     return ranking_sums(
         p.score, p.label, p.request, p.user, user_bucket[p.user], p.prob, buckets=buckets, ks=ks
     )
+
+
+def per_page_sample(
+    log: RequestLog, idx: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most ``k`` random requests of each page among ``idx`` (all of them if ``k == 0``)."""
+    if k <= 0:
+        return idx
+    perm = rng.permutation(idx)
+    slate = log.req_slate[perm]
+    order = np.argsort(slate, kind="stable")  # random order kept within each page
+    s = slate[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(s.size), 0))
+    keep = (np.arange(s.size) - start) < k
+    return np.sort(perm[order[keep]])

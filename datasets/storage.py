@@ -18,6 +18,7 @@ import numpy as np
 
 from shoal.datasets.requests import ARRAY_SPEC, OPTIONAL_ARRAYS, RequestLog
 from shoal.datasets.schema import Schema
+from shoal.runs import json_default
 
 FORMAT = "shoal-request-log"
 VERSION = 1
@@ -132,14 +133,3 @@ def load(path: str | Path, mmap: bool = False) -> RequestLog:
     )
     log.validate()
     return log
-
-
-def json_default(o: object) -> object:
-    """``json.dumps`` default for numpy scalars, arrays and paths."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -26,7 +26,7 @@ from shoal.config import ShoalConfig
 from shoal.datasets import load_dataset
 from shoal.datasets.requests import RequestLog
 from shoal.datasets.splits import BUCKETS, activity_buckets
-from shoal.experiments.runs import make_run_dir, write_json
+from shoal.runs import make_run_dir, write_json
 from shoal.server.training import fit, make_splits
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shoal.client.models.reranker import Reranker, score_stats
-from shoal.client.training import SeqLens, evaluate, train_epoch
+from shoal.client.training import SeqLens, evaluate, per_page_sample, train_epoch
 from shoal.config import TrainConfig
 from shoal.datasets.requests import RequestLog
 from shoal.datasets.splits import TEST, assign_splits
@@ -52,22 +52,6 @@ def validation_split(
     val_slates = rng.choice(slates, size=n_val, replace=False)
     is_val = np.isin(log.req_slate[idx], val_slates)
     return np.sort(idx[~is_val]), np.sort(idx[is_val])
-
-
-def per_page_sample(
-    log: RequestLog, idx: np.ndarray, k: int, rng: np.random.Generator
-) -> np.ndarray:
-    """At most ``k`` random requests of each page among ``idx`` (all of them if ``k == 0``)."""
-    if k <= 0:
-        return idx
-    perm = rng.permutation(idx)
-    slate = log.req_slate[perm]
-    order = np.argsort(slate, kind="stable")  # random order kept within each page
-    s = slate[order]
-    first = np.r_[True, s[1:] != s[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(s.size), 0))
-    keep = (np.arange(s.size) - start) < k
-    return np.sort(perm[order[keep]])
 
 
 def training_requests(log: RequestLog, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,14 +24,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from shoal.config_fed import FedConfig
+from shoal.errors import ConfigError
+from shoal.errors import check as _check
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config key '{key}': {msg}")
+__all__ = ["ConfigError", "FedConfig", "ShoalConfig", "load_config", "to_yaml"]
 
 
 @dataclass
@@ -298,6 +295,7 @@ class ShoalConfig:
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
     out_dir: str = "runs"
     """Parent folder of run directories."""
 

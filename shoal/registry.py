@@ -1,4 +1,4 @@
-"""Name → factory registries of datasets, reranker models and strategies.
+"""Name → factory registries of datasets, reranker models, strategies and device tasks.
 
 A registry is filled when the module that defines the entries is imported, and read by name
 through :meth:`Registry.get`, which names the known entries when a name is unknown.
@@ -53,3 +53,4 @@ class Registry:
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
 STRATEGIES = Registry("strategy")
+DEVICE_TASKS = Registry("device task")

@@ -230,7 +230,7 @@ def test_softmax_ce_by_hand() -> None:
 
 
 def test_per_page_sample_draws_k_requests_of_every_page(tiny) -> None:
-    from shoal.server.training import per_page_sample
+    from shoal.client.training import per_page_sample
 
     _, log = tiny
     idx = np.arange(log.n_requests)

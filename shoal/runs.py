@@ -1,4 +1,6 @@
-"""Run directories: ``<out_dir>/<timestamp>-<name>/`` with the resolved config saved first."""
+"""Run directories: ``<out_dir>/<timestamp>-<name>/`` with the resolved config saved first.
+
+Core so that the server (``flwr run``) and the experiment runners share it."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shoal.config import to_yaml
-from shoal.datasets.storage import json_default
 
 
 def make_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None) -> Path:
@@ -28,3 +31,14 @@ def make_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None) -> Path
 def write_json(path: Path, obj: Any) -> None:
     """JSON with numpy scalars and arrays converted."""
     path.write_text(json.dumps(obj, indent=1, default=json_default))
+
+
+def json_default(o: object) -> object:
+    """``json.dumps`` default for numpy scalars, arrays and paths."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
