@@ -44,7 +44,13 @@ class DeviceRun:
     stamp: tuple[int, int]  # modification times of config.yaml and run.json
 
     def requests(self, device: int, split: str) -> np.ndarray:
-        """Request indices of one device's split (``device`` or ``test``), time-ordered."""
+        """Request indices of one device's split (``device`` or ``test``), time-ordered.
+
+        A device beyond the data (a node without a partition, e.g. ``flwr run`` with more
+        SuperNodes than users) has an empty log: it trains and evaluates nothing.
+        """
+        if device >= self.parts.num_partitions:
+            return np.zeros(0, dtype=np.int64)
         return self.parts.requests(device, split)
 
 

@@ -38,13 +38,25 @@ logger = logging.getLogger("shoal.server")
 
 
 def _wait_for_nodes(grid: Grid, n: int, directory: DeviceDirectory | None, timeout: float):
+    """Wait for the simulation's ``n`` nodes, or (no directory: ``flwr run``) until the
+    number of connected nodes has been stable for two seconds."""
+    end = time.monotonic() + timeout
     if directory is not None:
         directory.wait(timeout)
-    end = time.monotonic() + timeout
-    while len(list(grid.get_node_ids())) < n:
-        if time.monotonic() > end:
-            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {n} devices connected")
-        time.sleep(0.05)
+        while len(list(grid.get_node_ids())) < n:
+            if time.monotonic() > end:
+                raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {n} devices up")
+            time.sleep(0.05)
+        return
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < end:
+        now = len(list(grid.get_node_ids()))
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif now > 0 and time.monotonic() - since > 2.0:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("no devices connected")
 
 
 def run_server(
@@ -134,9 +146,7 @@ app = ServerApp()
 @app.main()
 def flwr_main(grid: Grid, context: Context) -> None:
     """``flwr run .``: Shoal overrides come from the Flower run config."""
-    overrides = [
-        f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in context.run_config.items()
-    ]
+    overrides = [f"{k}={v}" for k, v in context.run_config.items()]
     cfg = load_config(overrides=overrides)
     if cfg.fed.resume:
         run_dir = Path(cfg.fed.resume)

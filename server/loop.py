@@ -20,22 +20,18 @@ from flwr.serverapp.strategy import Strategy
 
 from shoal.config import FedConfig
 from shoal.server.outputs import RunRecorder
+from shoal.strategies.aggregate import payload_bytes
 
 
 def model_bytes(messages: list[Message]) -> int:
-    """Bytes of the ``arrays`` records the messages carry (each message counted)."""
-    sizes: dict[int, int] = {}
+    """Serialized bytes of the ``arrays`` records the messages carry (each message counted)."""
     total = 0
     for m in messages:
         if m.has_error():
             continue
         arr = m.content.array_records.get("arrays")
-        if arr is None:
-            continue
-        key = id(arr)
-        if key not in sizes:
-            sizes[key] = sum(a.numpy().nbytes for a in arr.values())
-        total += sizes[key]
+        if arr is not None:
+            total += payload_bytes(arr)
     return total
 
 
@@ -86,6 +82,7 @@ def run_rounds(
             arrays = new
         if train_metrics is not None:
             metrics.update(train_metrics)
+        metrics["train_seconds"] = time.perf_counter() - t0
         metrics["bytes_down"] = float(model_bytes(sent))
         metrics["bytes_up"] = float(model_bytes(replies))
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:

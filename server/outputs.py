@@ -2,7 +2,8 @@
 
 * ``metrics.csv``: ``round, strategy, metric, bucket, value`` — evaluation metrics per
   activity bucket, training metrics, ``failures``, ``bytes_up``/``bytes_down`` (model bytes
-  exchanged with devices that round) and ``round_seconds`` (wall time).
+  exchanged with devices that round), ``round_seconds`` (wall time) and ``train_seconds``
+  (its training part).
 * ``checkpoint.pt``: after every completed round, the global model, the strategy's state
   and the round number, written atomically; ``resume`` continues from it.
 * at the end: ``model.pt`` (the final global reranker, ``shoal.client.checkpoint`` format),

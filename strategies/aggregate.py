@@ -21,6 +21,33 @@ NUM_EXAMPLES = "num-examples"
 Layout = dict[str, tuple[tuple[int, ...], str]]
 
 
+def as_numpy(a: Array) -> np.ndarray:
+    """Read-only view of a Flower ``Array`` without copying its bytes.
+
+    ``Array.numpy()`` parses the ``.npy`` bytes through ``np.load`` (about 28 µs per array;
+    with a reranker's ~100 arrays and 1,000 replies a round that is seconds of server time);
+    this reads the header length and views the buffer (about 1 µs). Arrays that are not
+    plain C-ordered ``.npy`` payloads fall back to ``Array.numpy()``.
+    """
+    d = a.data
+    if a.stype != "numpy.ndarray" or d[:6] != b"\x93NUMPY" or d[6] not in (1, 2):
+        return a.numpy()
+    start = 10 if d[6] == 1 else 12
+    header_len = int.from_bytes(d[8:start], "little")
+    if b"'fortran_order': True" in d[start : start + header_len]:
+        return a.numpy()
+    dtype = np.dtype(a.dtype)
+    n = int(np.prod(a.shape, dtype=np.int64))
+    if len(d) != start + header_len + n * dtype.itemsize:
+        return a.numpy()  # let numpy raise its own error on a malformed payload
+    return np.frombuffer(d, dtype=dtype, offset=start + header_len).reshape(a.shape)
+
+
+def payload_bytes(arrays: ArrayRecord) -> int:
+    """Bytes of the arrays' serialized payloads (what travels)."""
+    return sum(len(a.data) for a in arrays.values())
+
+
 def layout(arrays: ArrayRecord) -> Layout:
     """Name → (shape, dtype) of every array."""
     return {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
@@ -68,24 +95,37 @@ def reply_problem(msg: Message, expect_arrays: Layout | None, metric_keys: set[s
         if got[k] != (shape, dtype):
             return f"array {k} is {got[k]}, expected {(shape, dtype)}"
     for k, a in arrays.items():
-        if not np.isfinite(a.numpy()).all():
+        if not np.isfinite(as_numpy(a)).all():
             return f"array {k} has non-finite values"
     return None
 
 
 def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -> ArrayRecord:
-    """Σ w_i x_i / Σ w_i of each array, accumulated in float64 (weights must sum > 0)."""
+    """Σ w_i x_i / Σ w_i of each array, accumulated in float64 (weights must sum > 0).
+
+    Every record must have the layout of the first (check with :func:`reply_problem`).
+    Integer arrays are rounded back to their dtype.
+    """
     w = np.asarray(weights, dtype=np.float64)
     if w.sum() <= 0:
         raise ValueError("weighted_average needs a positive total weight")
     w = w / w.sum()
-    out = {}
-    for k, first in records[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for wi, rec in zip(w, records):
-            acc += wi * rec[k].numpy()
+    keys = list(records[0].keys())
+    acc = None
+    for wi, rec in zip(w, records):  # one flat vector per record: few, large numpy ops
+        vec = np.concatenate([as_numpy(rec[k]).ravel() for k in keys]).astype(np.float64)
+        if acc is None:
+            acc = wi * vec
+        else:
+            acc += wi * vec
+    out, at = {}, 0
+    for k in keys:
+        first = records[0][k]
+        n = int(np.prod(first.shape, dtype=np.int64))
         dtype = np.dtype(first.dtype)
-        out[k] = Array((np.rint(acc) if dtype.kind in "iub" else acc).astype(dtype))
+        x = acc[at : at + n].reshape(first.shape)
+        out[k] = Array((np.rint(x) if dtype.kind in "iub" else x).astype(dtype))
+        at += n
     return ArrayRecord(out)
 
 

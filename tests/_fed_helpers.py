@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from flwr.common import Message, Metadata
-
+from shoal.client.local import device_context, task_message
 from shoal.config import ShoalConfig, load_config
 
 TINY = [
@@ -31,31 +28,5 @@ def tiny_cfg(out_dir: Path, *extra: str) -> ShoalConfig:
     return load_config(overrides=[*TINY, f"out_dir={out_dir}", *extra])
 
 
-def message(
-    run_dir: Path | str, task: str, rnd: int, arrays: ArrayRecord, device: int | None = None
-) -> Message:
-    cfg = {"task": task, "round": rnd, "run-dir": str(run_dir)}
-    if device is not None:
-        cfg["device"] = device
-    md = Metadata(
-        run_id=1,
-        message_id=f"m-{task}-{rnd}-{device}",
-        src_node_id=0,
-        dst_node_id=10,
-        reply_to_message_id="",
-        group_id="",
-        created_at=time.time(),
-        ttl=600,
-        message_type="train" if task.startswith("fit") else "evaluate",
-    )
-    return Message(metadata=md, content=RecordDict({"arrays": arrays, "config": ConfigRecord(cfg)}))
-
-
-def context(device: int) -> Context:
-    return Context(
-        run_id=1,
-        node_id=10,
-        node_config={"partition-id": device},
-        state=RecordDict(),
-        run_config={},
-    )
+message = task_message
+context = device_context

@@ -280,3 +280,13 @@ def test_model_and_train_sections_parse_and_type_check() -> None:
     assert (cfg.model.name, cfg.model.mlp, cfg.train.listwise) == ("dlcm", [64, 32], 0.0)
     assert "expects bool" in _error(overrides=["model.attention_mass=maybe"])
     assert "unknown config key 'train.lr_decay'" in _error(overrides=["train.lr_decay=1"])
+
+
+def test_package_version_matches_pyproject() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import shoal
+
+    meta = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert meta["project"]["version"] == shoal.__version__

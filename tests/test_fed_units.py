@@ -164,3 +164,20 @@ def test_recorder_drops_rows_after_the_resumed_round(tmp_path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path, "fedavg")
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array(2.5, dtype=np.float64),
+        np.arange(5, dtype=np.int64),
+        np.zeros((0, 3), np.float32),
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+    ],
+)
+def test_as_numpy_equals_flowers_decoder(x) -> None:
+    a = Array(x)
+    got = agg.as_numpy(a)
+    assert got.dtype == a.numpy().dtype and np.array_equal(got, a.numpy())
+    assert agg.payload_bytes(ArrayRecord({"x": a})) == len(a.data)
