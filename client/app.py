@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from shoal.client import tasks
 from shoal.client.device import open_run
+from shoal.client.dp_clip import ClippingMod
 from shoal.client.store import open_store
 from shoal.registry import DEVICE_TASKS
 
@@ -66,8 +67,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def make_client_app(mods: list | None = None) -> ClientApp:
-    """The device ClientApp, optionally wrapped in Flower mods (e.g. ``shoal.client.faults``)."""
-    client = ClientApp(mods=list(mods or []))
+    """The device ClientApp with device-side DP clipping (inert unless a message asks for it),
+    optionally wrapped in more Flower mods (e.g. ``shoal.client.faults``), outermost first."""
+    client = ClientApp(mods=[*(mods or []), ClippingMod()])
     client.train()(train)
     client.evaluate()(evaluate)
     return client

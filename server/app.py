@@ -69,7 +69,7 @@ def run_server(
     run_dir = Path(run_dir)
     cfg, meta = open_run_dir(run_dir)
     fed = cfg.fed
-    strategy = STRATEGIES.get(fed.strategy)(fed, cfg.seed, str(run_dir), directory)
+    strategy = STRATEGIES.get(fed.strategy)(cfg, str(run_dir), directory)
     ckpt = load_checkpoint(run_dir, fed.strategy)
     t_start = time.perf_counter()
     if ckpt is not None:
@@ -82,12 +82,39 @@ def run_server(
         model = initial_model(kind, cfg, meta["data_dir"])
         arrays = ArrayRecord({k: v.detach() for k, v in model.state_dict().items()})
         first = 1
+    log = storage.load(meta["data_dir"], mmap=True)
+    template = build_model(cfg.model, log.schema, log.n_items)
+    strategy.param_keys = {n for n, _ in template.named_parameters()}
+    strategy.n_devices = meta["devices"]
     setup_seconds = time.perf_counter() - t_start
     recorder = RunRecorder(run_dir, fed.strategy, completed=first - 1)
     _wait_for_nodes(grid, meta["devices"], directory, timeout=max(60.0, fed.timeout))
     with RoundProgress(fed.strategy, fed.rounds, first, enabled=progress) as bar:
-        res = run_rounds(strategy, grid, arrays, fed, recorder, first, on_round=bar.update)
-    return finish(run_dir, res.arrays, cfg, meta, setup_seconds, res.last_round)
+        stop = getattr(strategy, "should_stop", None)
+        res = run_rounds(
+            strategy, grid, arrays, fed, recorder, first, on_round=bar.update, should_stop=stop
+        )
+    summary = finish(run_dir, res.arrays, cfg, meta, setup_seconds, res.last_round)
+    if res.stopped_early:
+        summary["stopped_early"] = True
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+PRIVACY_METRICS = (
+    "epsilon",
+    "delta",
+    "clipping_norm",
+    "noise_multiplier",
+    "local_epsilon_max",
+    "local_epsilon_median",
+)
+
+
+def last_value(rows: list[dict], metric: str) -> float | None:
+    """Value of ``metric`` (bucket all) in the latest round that has it."""
+    vals = [(r["round"], r["value"]) for r in rows if r["metric"] == metric]
+    return max(vals)[1] if vals else None
 
 
 def finish(run_dir: Path, arrays: ArrayRecord, cfg, meta: dict, setup_s: float, last: int):
@@ -120,6 +147,10 @@ def finish(run_dir: Path, arrays: ArrayRecord, cfg, meta: dict, setup_s: float, 
         "totals": per_round,
         "device_bytes": model.device.size_bytes(),
     }
+    privacy = {m: last_value(rows, m) for m in PRIVACY_METRICS}
+    privacy = {m: v for m, v in privacy.items() if v is not None}
+    if privacy:
+        summary["privacy"] = privacy
     write_json(run_dir / "summary.json", summary)
     from shoal.server.plots import plot_run
 

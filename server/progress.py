@@ -42,4 +42,6 @@ class RoundProgress:
             f"devices {int(metrics.get('replied', 0))}/{int(metrics.get('sampled', 0))}  "
             f"loss {loss:.4f}  GAUC {self.gauc:.4f}  failures {int(metrics.get('failures', 0))}"
         )
+        if "epsilon" in metrics:
+            info += f"  ε {metrics['epsilon']:.3g}"
         self._progress.update(self._task, completed=rnd, info=info)

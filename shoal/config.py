@@ -24,11 +24,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from shoal.config_dp import DPConfig
 from shoal.config_fed import FedConfig
 from shoal.errors import ConfigError
 from shoal.errors import check as _check
 
-__all__ = ["ConfigError", "FedConfig", "ShoalConfig", "load_config", "to_yaml"]
+__all__ = ["ConfigError", "DPConfig", "FedConfig", "ShoalConfig", "load_config", "to_yaml"]
 
 
 @dataclass
@@ -296,6 +297,7 @@ class ShoalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     out_dir: str = "runs"
     """Parent folder of run directories."""
 

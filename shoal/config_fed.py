@@ -9,6 +9,7 @@ from shoal.errors import check
 OPTIMIZERS = ("sgd", "adam")
 INITS = ("cloud", "random")
 STORES = ("disk", "memory")
+WEIGHTINGS = ("auto", "examples", "equal")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class FedConfig:
     """Federated evaluation every k rounds, and always after the last round."""
     eval_fraction: float = 1.0
     """Share of devices evaluated (seeded, the same devices at every evaluation)."""
+    weighting: str = "auto"
+    """Aggregation weights: ``examples`` (each device's number of requests, FedAvg's),
+    ``equal``, or ``auto`` (examples; equal for DP strategies, which refuse ``examples``)."""
     local_epochs: int = 1
     local_lr: float = 0.05
     local_batch: int = 16
@@ -66,6 +70,11 @@ class FedConfig:
         check(0.0 < self.eval_fraction <= 1.0, "fed.eval_fraction", "must be in (0, 1]")
         check(self.local_lr > 0, "fed.local_lr", f"must be > 0, got {self.local_lr}")
         check(self.timeout > 0, "fed.timeout", f"must be > 0, got {self.timeout}")
-        for k, allowed in (("local_optimizer", OPTIMIZERS), ("init", INITS), ("store", STORES)):
+        for k, allowed in (
+            ("local_optimizer", OPTIMIZERS),
+            ("init", INITS),
+            ("store", STORES),
+            ("weighting", WEIGHTINGS),
+        ):
             v = getattr(self, k)
             check(v in allowed, f"fed.{k}", f"must be one of {allowed}, got {v!r}")

@@ -3,6 +3,13 @@
 Importing this package registers every built-in strategy.
 """
 
-from shoal.strategies import centralized, cloud_only, fedavg, fedavg_finetune, local_only
+from shoal.strategies import (
+    centralized,
+    cloud_only,
+    fedavg,
+    fedavg_dp,
+    fedavg_finetune,
+    local_only,
+)
 
-__all__ = ["centralized", "cloud_only", "fedavg", "fedavg_finetune", "local_only"]
+__all__ = ["centralized", "cloud_only", "fedavg", "fedavg_dp", "fedavg_finetune", "local_only"]

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from shoal.config import FedConfig
+from shoal.config import FedConfig, ShoalConfig
 from shoal.metrics import DEFAULT_KS, MetricSums
 from shoal.strategies import aggregate as agg
 from shoal.strategies.sampling import (
@@ -44,9 +45,8 @@ class DeviceStrategy(Strategy):
 
     Parameters
     ----------
-    fed : FedConfig
-    seed : int
-        Seeds device sampling.
+    cfg : ShoalConfig
+        The run's config (``fed``: sampling, rounds; ``seed``: seeds device sampling).
     run_dir : str
         The run directory devices open (``shoal.server.setup``).
     directory : DeviceDirectory, optional
@@ -64,10 +64,13 @@ class DeviceStrategy(Strategy):
     """Whether ``train_task`` replies with weights to aggregate."""
 
     def __init__(
-        self, fed: FedConfig, seed: int, run_dir: str, directory: DeviceDirectory | None = None
+        self, cfg: ShoalConfig, run_dir: str, directory: DeviceDirectory | None = None
     ) -> None:
-        self.fed = fed
-        self.seed = seed
+        self.cfg = cfg
+        self.fed: FedConfig = cfg.fed
+        self.seed = cfg.seed
+        self.param_keys: set[str] | None = None
+        """Names of trainable parameters (set by the server); other arrays are buffers."""
         self.run_dir = str(run_dir)
         self.directory = directory
         self.n_devices: int | None = None
@@ -144,6 +147,10 @@ class DeviceStrategy(Strategy):
         metrics["examples"] = total
         if total > 0:
             metrics["train_loss"] = sum(w * r["train_loss"] for w, r in zip(n, recs)) / total
+        eps = [float(r["local_epsilon"]) for r in recs if "local_epsilon" in r]
+        if eps:  # on-device DP-SGD: cumulative ε of the devices that trained this round
+            metrics["local_epsilon_max"] = max(eps)
+            metrics["local_epsilon_median"] = float(np.median(eps))
         self.last_round = metrics
         if len(valid) < self.fed.min_devices:
             logger.warning(
@@ -158,9 +165,13 @@ class DeviceStrategy(Strategy):
         return arrays, MetricRecord(metrics)
 
     def aggregate_arrays(self, server_round: int, valid: list[Message]) -> ArrayRecord | None:
-        """Weighted FedAvg of the valid replies' weights by ``num-examples`` (None if all 0)."""
+        """FedAvg of the valid replies' weights, weighted by ``num-examples`` (``fed.weighting``
+        ``examples`` or ``auto``) or equally (``equal``); None if every weight is 0."""
         recs = [m.content for m in valid]
-        w = [float(c.metric_records["metrics"][agg.NUM_EXAMPLES]) for c in recs]
+        if self.fed.weighting == "equal":
+            w = [1.0] * len(recs)
+        else:
+            w = [float(c.metric_records["metrics"][agg.NUM_EXAMPLES]) for c in recs]
         if sum(w) <= 0:
             return None
         return agg.weighted_average([c.array_records["arrays"] for c in recs], w)

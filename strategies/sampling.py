@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-TRAIN, EVALUATE = 1, 2
+TRAIN, EVALUATE, POISSON = 1, 2, 3
 
 
 def sample_devices(
@@ -37,6 +37,20 @@ def sample_devices(
         return np.arange(n_devices)
     rng = np.random.default_rng([seed, round, purpose])
     return np.sort(rng.choice(n_devices, size=k, replace=False))
+
+
+def poisson_devices(n_devices: int, rate: float, seed: int, round: int) -> np.ndarray:
+    """Sorted ids of the devices that each joined independently with probability ``rate``.
+
+    Poisson sampling is what the subsampled-Gaussian privacy analysis assumes (DP runs use
+    it); the number of devices varies from round to round around ``rate · n_devices``.
+    """
+    if n_devices <= 0:
+        raise ValueError("no devices to sample from")
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    rng = np.random.default_rng([seed, round, POISSON])
+    return np.flatnonzero(rng.random(n_devices) < rate)
 
 
 def round_half_up(x: float) -> int:

@@ -122,7 +122,7 @@ def test_fedavg_aggregates_real_replies_and_excludes_faults(run) -> None:
     run_dir, cfg, _, arrays = run
     devs = with_data(run_dir)[:3]
     replies = [handle(message(run_dir, "fit", 1, arrays, d), context(d)) for d in devs]
-    strat = FedAvg(cfg.fed, cfg.seed, str(run_dir))
+    strat = FedAvg(cfg, str(run_dir))
     strat._expect = {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
     strat.last_round = {"sampled": 5}  # 3 good + 1 NaN replies, 1 device never replied
     bad = handle(message(run_dir, "fit", 1, arrays, devs[0]), context(devs[0]))
