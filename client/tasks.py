@@ -15,6 +15,10 @@ task                      what the device does → what it replies
 ``evaluate-finetune``     global model → ``fed.finetune_epochs`` local epochs → sums
                           (nothing is kept)
 ========================  ==================================================================
+
+With ``dp.local`` every local training runs DP-SGD (:mod:`shoal.client.dp_sgd`: device
+network only, ε cumulative per device in the device store) and the reply's metrics carry the
+device's cumulative ``local_epsilon`` and ``local_delta``.
 """
 
 from __future__ import annotations
@@ -57,26 +61,38 @@ class TaskOutput:
     metrics: dict[str, float]
 
 
-def _train_metrics(loss: float, n: int) -> dict[str, float]:
+def _train(t: TaskInput, model, epochs: int, phase: str = "fit") -> tuple[float, int, dict]:
+    """Local training of ``model`` in place (DP-SGD under ``dp.local``) → loss, requests,
+    privacy metrics."""
+    if t.run.cfg.dp.local:
+        from shoal.client.dp_sgd import private_train  # Opacus takes seconds to import
+
+        r = private_train(model, t.run, t.device, t.round, epochs, t.store, phase)
+        return r.loss, r.requests, r.metrics()
+    loss, n = local_train(model, t.run, t.device, t.round, epochs)
+    return loss, n, {}
+
+
+def _train_metrics(loss: float, n: int, extra: dict) -> dict[str, float]:
     # a device without device-fresh data reports 0 examples (weight 0) and loss 0
-    return {NUM_EXAMPLES: n, "train_loss": 0.0 if math.isnan(loss) else loss}
+    return {NUM_EXAMPLES: n, "train_loss": 0.0 if math.isnan(loss) else loss, **extra}
 
 
 @DEVICE_TASKS.register("fit")
 def fit(t: TaskInput) -> TaskOutput:
     model = model_with(t.run, t.arrays)
-    loss, n = local_train(model, t.run, t.device, t.round, t.run.cfg.fed.local_epochs)
-    return TaskOutput(model_arrays(model), _train_metrics(loss, n))
+    loss, n, extra = _train(t, model, t.run.cfg.fed.local_epochs)
+    return TaskOutput(model_arrays(model), _train_metrics(loss, n, extra))
 
 
 @DEVICE_TASKS.register("fit-personal")
 def fit_personal(t: TaskInput) -> TaskOutput:
     own = t.store.load(t.device, PERSONAL, before_round=t.round)
     model = model_with(t.run, own if own is not None else t.arrays)
-    loss, n = local_train(model, t.run, t.device, t.round, t.run.cfg.fed.local_epochs)
+    loss, n, extra = _train(t, model, t.run.cfg.fed.local_epochs)
     if n:
         t.store.save(t.device, PERSONAL, model.state_dict(), round=t.round)
-    return TaskOutput(None, _train_metrics(loss, n))
+    return TaskOutput(None, _train_metrics(loss, n, extra))
 
 
 def _eval_metrics(t: TaskInput, model) -> dict[str, float]:
@@ -101,5 +117,5 @@ def evaluate_personal(t: TaskInput) -> TaskOutput:
 @DEVICE_TASKS.register("evaluate-finetune")
 def evaluate_finetune(t: TaskInput) -> TaskOutput:
     model = model_with(t.run, t.arrays)
-    local_train(model, t.run, t.device, t.round, t.run.cfg.fed.finetune_epochs)
-    return TaskOutput(None, _eval_metrics(t, model))
+    _, _, extra = _train(t, model, t.run.cfg.fed.finetune_epochs, phase="finetune")
+    return TaskOutput(None, {**_eval_metrics(t, model), **extra})
