@@ -16,6 +16,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -69,6 +70,8 @@ def run_server(
     run_dir = Path(run_dir)
     cfg, meta = open_run_dir(run_dir)
     fed = cfg.fed
+    if cfg.train.threads:  # cloud-side training; one thread is fastest for these GRUs
+        torch.set_num_threads(cfg.train.threads)
     strategy = STRATEGIES.get(fed.strategy)(cfg, str(run_dir), directory)
     ckpt = load_checkpoint(run_dir, fed.strategy)
     t_start = time.perf_counter()
