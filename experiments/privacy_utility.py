@@ -20,7 +20,8 @@ BASE = [
     "fed.fraction=0.02",
     "fed.eval_every=30",
     "fed.eval_fraction=0.2",
-    "train.epochs=5",
+    "train.epochs=3",
+    "train.max_requests=40000",
     "dp.adaptive=true",
 ]
 
