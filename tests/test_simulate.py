@@ -42,7 +42,8 @@ def test_every_strategy_runs_end_to_end(tmp_path, strategy) -> None:
     n_eval = values(run_dir, "eval_devices")[1]
     model_bytes = summary["device_bytes"]
     assert down[1] >= n_eval * model_bytes  # every evaluated device got the model
-    if strategy in ("fedavg", "fedavg-finetune"):
+    cls = STRATEGIES.get(strategy)
+    if cls.train_task is not None and cls.returns_arrays:
         assert up[1] > 0 and up[1] % values(run_dir, "replied")[1] == 0
     else:  # nothing but metrics leaves a device
         assert up[1] == 0
@@ -59,8 +60,9 @@ def test_faulty_devices_are_excluded_counted_and_the_round_goes_on(tmp_path) -> 
         "sleep": [6],
     }
     # round 1 runs clean (and warms the actors up); the faults happen in round 2
-    app = make_client_app([FaultInjector(faults, sleep_s=12.0, rounds=[2])])
-    cfg = tiny_cfg(tmp_path, "fed.fraction=1.0", "fed.timeout=10")
+    # (the timeout leaves round 1 room for actor start-up on a loaded 2-core machine)
+    app = make_client_app([FaultInjector(faults, sleep_s=35.0, rounds=[2])])
+    cfg = tiny_cfg(tmp_path, "fed.fraction=1.0", "fed.timeout=30")
     run_dir, _ = simulate(cfg, client_app=app, progress=False)
     assert values(run_dir, "failures") == {1: 0.0, 2: 7.0}
     assert values(run_dir, "replied")[2] == values(run_dir, "sampled")[2] - 7
