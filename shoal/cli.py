@@ -234,6 +234,30 @@ def cmd_experiment_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from shoal.experiments.compare import compare
+    from shoal.experiments.compare_config import load_compare_config
+
+    files = [_config_file(c) for c in args.config or []]
+    cfg = load_compare_config(args.overrides, files)
+    if args.show_config:
+        print(to_yaml(cfg), end="")
+    argv = [f"--config={c}" for c in args.config or []] + list(args.overrides)
+    command = shlex.join(["shoal", "compare", *argv])
+    try:
+        files_out, failed = compare(cfg, command, live=False if args.no_live else None)
+    except KeyboardInterrupt:
+        print("shoal: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(f"report: {files_out.report_md}")
+    if failed:
+        print(f"shoal: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal",
@@ -287,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     _add_common(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare strategies on identical data and write a report",
+        description="Every strategy x seed on the same data, splits, device schedule and "
+        "round budget, each in its own process, then reports/<name>/ with report.md, "
+        "results.csv and plots (mean ± 95% CI over seeds), e.g. `shoal compare preset=quick` "
+        "or `shoal compare dataset=sim strategies=[fedavg,local-only] seeds=3 preset=quick`. "
+        "preset=NAME reads experiments/configs/compare-NAME.yaml (default quick); strategies, "
+        "seeds, name are short for compare.*; any other key=value overrides the runs' config. "
+        "Resumable: rerun the same command to skip finished runs.",
+    )
+    p.add_argument("--no-live", action="store_true", help="print lines instead of a live table")
+    _add_common(p)
+    p.set_defaults(func=cmd_compare)
 
     exp = sub.add_parser("experiment", help="run a named experiment")
     exp_sub = exp.add_subparsers(dest="experiment", required=True, metavar="name")
