@@ -34,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "FedAvg + on-device DP-SGD": ["fed.strategy=fedavg", "dp.local=true"],
 }
 BASELINE = "FedAvg (no DP)"
+LOCAL_DELTA = 1e-5  # on-device DP-SGD's default δ (client/dp_sgd.py)
 
 
 def _run_variant(label: str, overrides: list[str]) -> dict:
@@ -79,12 +80,14 @@ def run(out: Path, extra: list[str], variants: list[str] | None = None, on_resul
 def _row(r: dict) -> dict:
     s = r.get("summary", {})
     priv = s.get("privacy", {})
-    eps = priv.get("epsilon", priv.get("local_epsilon_max"))
+    local = "epsilon" not in priv and "local_epsilon_max" in priv
+    eps = priv.get("local_epsilon_max") if local else priv.get("epsilon")
     gauc = s.get("final", {}).get("gauc", {})
     return {
         "label": r["label"],
+        "local": local,
         "epsilon": eps,
-        "delta": priv.get("delta"),
+        "delta": LOCAL_DELTA if local else priv.get("delta"),
         "gauc": gauc.get("all"),
         "tail": gauc.get("tail"),
         "head": gauc.get("head"),
@@ -107,6 +110,8 @@ def markdown(results: list[dict]) -> str:
             continue
         rel = f"{(x['gauc'] / base - 1) * 100:+.2f}%" if base and x["gauc"] else "—"
         eps = "∞ (no DP)" if x["epsilon"] is None else f"{x['epsilon']:.3g}"
+        if x["local"]:
+            eps += " (per request, worst device)"
         delta = "—" if x["delta"] is None else f"{x['delta']:.0e}"
         lines.append(
             f"| {x['label']} | {eps} | {delta} | {x['gauc']:.4f} | {rel} | "
