@@ -90,7 +90,10 @@ def gru_grad_sample(
     activations: the layer's inputs ([x], x (B, T, D)); backprops: dL/d output (B, T, H).
     """
     if len(activations) != 1:
-        raise NotImplementedError("SampleGRU: per-sample gradients with an initial state")
+        raise ValueError(
+            "SampleGRU computes per-sample gradients only for a GRU called without an initial "
+            "hidden state; pass the sequence alone"
+        )
     x = activations[0].to(backprops.dtype)
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     weights = [
