@@ -97,11 +97,8 @@ def run_server(
         res = run_rounds(
             strategy, grid, arrays, fed, recorder, first, on_round=bar.update, should_stop=stop
         )
-    summary = finish(run_dir, res.arrays, cfg, meta, setup_seconds, res.last_round)
-    if res.stopped_early:
-        summary["stopped_early"] = True
-        write_json(run_dir / "summary.json", summary)
-    return summary
+    template.load_state_dict(res.arrays.to_torch_state_dict())
+    return finish(run_dir, template, log, cfg, meta, setup_seconds, res)
 
 
 PRIVACY_METRICS = (
@@ -120,11 +117,9 @@ def last_value(rows: list[dict], metric: str) -> float | None:
     return max(vals)[1] if vals else None
 
 
-def finish(run_dir: Path, arrays: ArrayRecord, cfg, meta: dict, setup_s: float, last: int):
-    """Write ``model.pt``, ``summary.json`` and the plots of a finished run."""
-    log = storage.load(meta["data_dir"], mmap=True)
-    model = build_model(cfg.model, log.schema, log.n_items)
-    model.load_state_dict(arrays.to_torch_state_dict())
+def finish(run_dir: Path, model, log, cfg, meta: dict, setup_s: float, res) -> dict:
+    """Write ``model.pt`` (``model`` holds the final weights), ``summary.json`` and plots."""
+    last = res.last_round
     save_reranker(model, cfg.model, log.schema, log.n_items, run_dir / "model.pt")
     rows = read_metrics(run_dir)
     final: dict[str, dict[str, float]] = {}
@@ -154,6 +149,8 @@ def finish(run_dir: Path, arrays: ArrayRecord, cfg, meta: dict, setup_s: float, 
     privacy = {m: v for m, v in privacy.items() if v is not None}
     if privacy:
         summary["privacy"] = privacy
+    if res.stopped_early:
+        summary["stopped_early"] = True
     write_json(run_dir / "summary.json", summary)
     from shoal.server.plots import plot_run
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from _fed_helpers import tiny_cfg
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from _fed_helpers import reply_message, tiny_cfg
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import Message, Metadata
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
@@ -26,24 +26,9 @@ def arrays(vals: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def reply(node: int, vals: dict, metrics: dict | None = None) -> Message:
-    md = Metadata(
-        run_id=1,
-        message_id=f"r{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="q",
-        group_id="",
-        created_at=0.0,
-        ttl=60,
-        message_type="train",
-    )
-    content = RecordDict(
-        {
-            "arrays": arrays(vals),
-            "metrics": MetricRecord({"num-examples": 3, "train_loss": 0.1, **(metrics or {})}),
-        }
-    )
-    return Message(metadata=md, content=content)
+    base = {"num-examples": 3, "train_loss": 0.1}
+    vals32 = {k: np.asarray(v, np.float32) for k, v in vals.items()}
+    return reply_message(node, vals32, {**base, **(metrics or {})})
 
 
 def strategy(tmp_path, *overrides: str, n: int = 100, q: float = 0.2) -> FedAvgDP:

@@ -6,36 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Context, Error, MetricRecord, RecordDict
-from flwr.common import Message, Metadata
+from _fed_helpers import reply_message as reply
+from flwr.app import Array, ArrayRecord, Context, RecordDict
 
 from shoal.client.store import DiskStore, MemoryStore, open_store
 from shoal.server.outputs import RunRecorder, load_checkpoint, metric_rows, read_metrics
 from shoal.strategies import aggregate as agg
 from shoal.strategies.sampling import DeviceDirectory, SortedNodes, sample_devices
-
-
-def reply(node: int, arrays: dict | None, metrics: dict | None, error: str | None = None):
-    md = Metadata(
-        run_id=1,
-        message_id=f"m{node}",
-        src_node_id=node,
-        dst_node_id=0,
-        reply_to_message_id="x",
-        group_id="",
-        created_at=0.0,
-        ttl=60,
-        message_type="train",
-    )
-    if error is not None:
-        return Message(metadata=md, error=Error(code=1, reason=error))
-    content = RecordDict()
-    if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
-    if metrics is not None:
-        content["metrics"] = MetricRecord(metrics)
-    return Message(metadata=md, content=content)
-
 
 GOOD = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 LAYOUT = {"w": ((2, 3), "float32"), "b": ((3,), "float32")}
