@@ -152,6 +152,8 @@ class DeviceStrategy(Strategy):
             metrics["local_epsilon_max"] = max(eps)
             metrics["local_epsilon_median"] = float(np.median(eps))
         self.last_round = metrics
+        if self.train_task is None:  # no device trains by design (cloud-only, centralized)
+            return None, MetricRecord(metrics)
         if len(valid) < self.fed.min_devices:
             logger.warning(
                 "round %d: %d valid replies < min_devices=%d; global model kept",

@@ -47,6 +47,7 @@ def test_every_strategy_runs_end_to_end(tmp_path, strategy) -> None:
         assert up[1] > 0 and up[1] % values(run_dir, "replied")[1] == 0
     else:  # nothing but metrics leaves a device
         assert up[1] == 0
+    assert values(run_dir, "failed_round") == {}  # not even where no device trains
 
 
 def test_faulty_devices_are_excluded_counted_and_the_round_goes_on(tmp_path) -> None:
