@@ -192,6 +192,10 @@ class ModelConfig:
     attention_match: bool = False
     """EdgeRec: add a bilinear match term q^T M k to the Bahdanau attention score (false = the
     paper's additive score alone)."""
+    field_match: bool = True
+    """EdgeRec: add a cosine match of the candidate's and each behaviour's field embeddings
+    (category, brand, ...; one learned weight per field) to the behaviour attention score
+    (false = the paper's score alone; docs/models.md says why it is on)."""
     query: str = "list"
     """EdgeRec attention query: list (the candidate's list-GRU encoding, as the paper) or item
     (its pointwise encoding)."""

@@ -35,9 +35,10 @@ N_ITEMS = 3  # the tiny log's catalog
 RUN_SHAPES = [(3, 11, 9, 6), (1, 1, 1, 1), (4, 20, 3, 13)]  # (B, K, m, n), export is (2, 7, 5, 4)
 
 
-def _model(name: str, n_items: int = N_ITEMS, id_dim: int = 0) -> Reranker:
+def _model(name: str, n_items: int = N_ITEMS, id_dim: int = 0, **kw) -> Reranker:
     torch.manual_seed(0)
-    return build_model(ModelConfig(name=name, id_dim=id_dim), tiny_schema(), n_items).eval()
+    cfg = ModelConfig(name=name, id_dim=id_dim, **kw)
+    return build_model(cfg, tiny_schema(), n_items).eval()
 
 
 def _close(onnx_out: np.ndarray, ref: torch.Tensor) -> None:
@@ -87,9 +88,11 @@ def test_model_without_behaviour_branch_drops_unused_inputs(tmp_path) -> None:
     _close(run_onnx(sess, dict(zip(INPUT_NAMES, x)))["logits"], ref)  # extra inputs ignored
 
 
+@pytest.mark.parametrize("field_match", [False, True])
 @pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in ("kuaishou", "edgerec")])
-def test_rerank_graph_matches_pytorch(name: str, tmp_path) -> None:
-    net = _model(name).device
+def test_rerank_graph_matches_pytorch(name: str, field_match: bool, tmp_path) -> None:
+    # with field_match and an id table: field slices of unequal sizes (8, ..., 8, 4)
+    net = _model(name, id_dim=4 * field_match, field_match=field_match).device
     assert isinstance(net, EdgeRecNet)
     sess = onnx_session(export_rerank_onnx(net, tmp_path / "rerank.onnx"))
     g = torch.Generator().manual_seed(2)
@@ -139,6 +142,9 @@ def test_graph_holds_device_weights_only(name: str, tmp_path) -> None:
     n_items = 20_000
     model = _model(name, n_items, id_dim=16)  # a catalog-size item-id table in the cloud part
     net = model.device
+    with torch.no_grad():  # as after training: no two weights equal (the exporter would merge
+        for p in net.parameters():  # the field weights of IE and IPV, both ones at init)
+            p.add_(torch.randn_like(p) * 0.01)
     path = export_onnx(net, tmp_path / "d.onnx")
     weights = onnx.load(str(path)).graph.initializer
     arrays = [numpy_helper.to_array(w) for w in weights]

@@ -27,9 +27,9 @@ ATOL = 1e-5
 IE_LEN, IPV_LEN = 6, 4
 
 
-def _model(name: str = "crban-hubsm") -> Reranker:
+def _model(name: str = "crban-hubsm", **kw) -> Reranker:
     torch.manual_seed(0)
-    return build_model(ModelConfig(name=name), tiny_schema(), 3).eval()
+    return build_model(ModelConfig(name=name, **kw), tiny_schema(), 3).eval()
 
 
 def _sequences(net: EdgeRecNet, m: int, n: int, seed: int = 1) -> tuple[torch.Tensor, ...]:
@@ -60,9 +60,10 @@ def _check_encodings(state: BehaviourState, net: EdgeRecNet, x: tuple[torch.Tens
         assert not enc[T:].any()
 
 
+@pytest.mark.parametrize("field_match", [False, True])
 @pytest.mark.parametrize("name", ["crban-hubsm", "crban-hubsm-ie", "crban-huism"])
-def test_stepwise_equals_full_sequence_encoding(name: str) -> None:
-    net = _model(name).device
+def test_stepwise_equals_full_sequence_encoding(name: str, field_match: bool) -> None:
+    net = _model(name, field_match=field_match).device
     for m, n in ((IE_LEN, IPV_LEN), (3, 1)):  # full caps and partly filled ones
         x = _sequences(net, m, n)
         state = BehaviourState(net, IE_LEN, IPV_LEN)
@@ -102,8 +103,9 @@ def test_onnx_step_equals_pytorch_step(tmp_path) -> None:
     _check_encodings(state, net, x)
 
 
-def test_rerank_from_state_equals_full_forward_on_tiny_log(tmp_path) -> None:
-    model = _model()
+@pytest.mark.parametrize("field_match", [False, True])
+def test_rerank_from_state_equals_full_forward_on_tiny_log(field_match: bool, tmp_path) -> None:
+    model = _model(field_match=field_match)
     net = model.device
     log = tiny_log()
     decay = log.schema.decay_action

@@ -13,17 +13,11 @@ from shoal.client.models.parts import (
     BehaviourBranch,
     HUBSMEncoder,
     ListContext,
+    field_unit,
     last_state,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and steady on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ================================================================== parts vs slow references
@@ -128,6 +122,46 @@ def test_behaviour_attention_mass_and_match_by_hand() -> None:
         mass = torch.log(1 + torch.exp(e[0]).sum(-1))
         torch.testing.assert_close(out[0, :, 6], mass, atol=1e-5, rtol=0)
         assert torch.equal(out[1], torch.zeros(3, 7))  # empty sequence: zero context, mass 0
+
+
+def test_field_unit_normalises_each_field_slice() -> None:
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 1.0, -5.0]])
+    got = field_unit(x, (2, 2, 1))
+    r = 2**-0.5
+    want = torch.tensor([[0.6, 0.8, 0.0, 0.0, 1.0], [0.0, 0.0, r, r, -1.0]])
+    torch.testing.assert_close(got, want)  # a zero slice (padding) stays zero
+
+
+def test_behaviour_attention_field_match_by_hand() -> None:
+    """fields adds Σ_f w_f cos(x_t^f, y_j^f) to every score; w starts at one."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 3, generator=g), None
+    v = torch.randn(2, 5, 6, generator=g)
+    x, y = torch.randn(2, 3, 5, generator=g), torch.randn(2, 5, 5, generator=g)  # D = 2 + 3
+    mask = _mask([5, 2], 5)
+    torch.manual_seed(0)
+    plain = BehaviourAttention(4, 3, 5, mass=True)
+    fm = BehaviourAttention(4, 3, 5, mass=True, fields=(2, 3))
+    fm.load_state_dict({**plain.state_dict(), "field_w": torch.tensor([0.5, -2.0])})
+    assert torch.equal(BehaviourAttention(4, 3, 5, fields=(2, 3)).field_w, torch.ones(2))
+    with torch.no_grad():
+        e = plain.v(torch.tanh(plain.w_q(q)[:, :, None] + plain.w_k(k)[:, None])).squeeze(-1)
+        for b in range(2):
+            for t in range(3):
+                for j in range(5):
+                    cos = [
+                        torch.nn.functional.cosine_similarity(x[b, t, sl], y[b, j, sl], dim=0)
+                        for sl in (slice(0, 2), slice(2, 5))
+                    ]
+                    e[b, t, j] += 0.5 * cos[0] - 2.0 * cos[1]
+        out = fm(q, k, v, mask, field_unit(x, (2, 3)), field_unit(y, (2, 3)))
+        for b, L in enumerate((5, 2)):
+            a = torch.softmax(e[b, :, :L], -1)
+            torch.testing.assert_close(out[b, :, :6], a @ v[b, :L], atol=1e-6, rtol=0)
+            mass = torch.log(1 + torch.exp(e[b, :, :L]).sum(-1))
+            torch.testing.assert_close(out[b, :, 6], mass, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unit embeddings"):
+        fm(q, k, v, mask)
 
 
 def test_behaviour_attention_single_slot_returns_its_value() -> None:

@@ -19,25 +19,20 @@ from shoal.config import ModelConfig, SimConfig
 
 # device-network bytes with the default ModelConfig on the default simulator schema
 # (quoted in docs/models.md; update both together)
+FIELD_W = 6 * 4  # field match: one float32 weight per item field (6) per behaviour branch
 DEVICE_BYTES = {
     "dnn-rank": 10_900,
     "dlcm": 95_124,
-    "crban-hubsm-ie": 270_244,
-    "crban-hubsm-ipv": 277_812,
-    "crban-huism": 133_012,
-    "crban-hubsm": 452_932,
-    "edgerec": 452_932,
+    "crban-hubsm-ie": 270_244 + FIELD_W,
+    "crban-hubsm-ipv": 277_812 + FIELD_W,
+    "crban-huism": 133_012 + 2 * FIELD_W,
+    "crban-hubsm": 452_932 + 2 * FIELD_W,
+    "edgerec": 452_932 + 2 * FIELD_W,
     "kuaishou": 201_916,
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and steady on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ===================================================================== cloud / device split

@@ -33,6 +33,12 @@ def _cloud(mcfg: ModelConfig, schema: Schema, n_items: int) -> CloudEmbeddings:
     return CloudEmbeddings(schema.item_vocab, n_items, mcfg.field_dim, mcfg.id_dim)
 
 
+def field_slices(mcfg: ModelConfig, schema: Schema) -> tuple[int, ...]:
+    """Sizes of the per-field slices of the cloud part's item embedding, in order."""
+    fields = (mcfg.field_dim,) * len(schema.item_vocab) if mcfg.field_dim else ()
+    return fields + ((mcfg.id_dim,) if mcfg.id_dim else ())
+
+
 def _edgerec(name: str):
     list_context, ie, ipv = EDGEREC_VARIANTS[name]
 
@@ -56,6 +62,7 @@ def _edgerec(name: str):
             query=mcfg.query,
             attention_mass=mcfg.attention_mass,
             attention_match=mcfg.attention_match,
+            fields=field_slices(mcfg, schema) if mcfg.field_match else (),
         )
         return Reranker(name, cloud, EdgeRecNet(cfg))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shoal.client.models.base import DeviceNetwork
+from shoal.client.models.base import DeviceNetwork, take
 from shoal.client.models.parts import BehaviourBranch, CandidateEncoder, ListContext, mlp
 
 SEQUENCE_KINDS = ("none", "hubsm", "huism")
@@ -59,6 +59,9 @@ class EdgeRecConfig:
     attention_match: bool = False
     """Add a bilinear match term ``q^T M k`` to the additive attention score
     (``parts.BehaviourAttention``; False = the paper's Bahdanau score)."""
+    fields: tuple[int, ...] = ()
+    """Sizes of the per-field slices of the shipped embedding (summing to ``emb_dim``) for the
+    attention's cosine field match (``parts.BehaviourAttention``; empty = the paper's score)."""
     query: str = "list"
     """Attention query: ``list`` = the candidate's list-GRU encoding p̂_t (the paper),
     ``item`` = its pointwise encoding e_t. Without list context the query is always e_t."""
@@ -95,6 +98,7 @@ class EdgeRecNet(DeviceNetwork):
             attention=cfg.attention,
             mass=cfg.attention_mass,
             match=cfg.attention_match,
+            fields=tuple(cfg.fields),
         )
         self.ie = (
             BehaviourBranch(cfg.ie, action_vocab=cfg.ie_action_vocab, **branch)
@@ -149,10 +153,13 @@ class EdgeRecNet(DeviceNetwork):
         parts, query = self.encode_candidates(
             cand_emb, cand_score, cand_mask, select, self.cfg.query == "list"
         )
+        cand = None
+        if self.cfg.fields:  # the field match reads the candidates' shipped embeddings
+            cand = take(cand_emb, select) if select is not None else cand_emb  # (B, K, D)
         if self.ie is not None:
-            parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask))  # (B, K, E)
+            parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask, cand))  # (B, K, E)
         if self.ipv is not None:
-            parts.append(self.ipv.attend(query, ipv_enc, ipv_since, ipv_mask))
+            parts.append(self.ipv.attend(query, ipv_enc, ipv_since, ipv_mask, cand))
         return self.head(torch.cat(parts, dim=-1))  # (B, K, 1)
 
     def forward(

@@ -25,6 +25,16 @@ def last_state(out: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     return last * (length > 0)[:, None].to(out.dtype)
 
 
+def field_unit(x: torch.Tensor, chunks: tuple[int, ...]) -> torch.Tensor:
+    """Each field's slice of a cloud embedding scaled to unit length (zeros stay zero).
+
+    x (..., D) with ``D = sum(chunks)`` → (..., D). The dot product of two such vectors,
+    restricted to one chunk, is the cosine similarity of that field's embeddings.
+    """
+    parts = torch.split(x, list(chunks), dim=-1)
+    return torch.cat([p / p.norm(dim=-1, keepdim=True).clamp(min=1e-6) for p in parts], -1)
+
+
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     """Linear-ReLU stack ``sizes[0] → ... → sizes[-1]`` (ReLU after every layer)."""
     layers: list[nn.Module] = []
@@ -113,19 +123,26 @@ class HUBSMEncoder(nn.Module):
         cfg_hidden: int,
         layers: int,
         action_dim: int,
+        fields: tuple[int, ...] = (),
     ):
         super().__init__()
         self.actions = ActionEmbedding(action_vocab, action_dim)
         self.item_gru = nn.GRU(emb_dim, cfg_hidden, layers, batch_first=True)
         self.action_gru = nn.GRU(self.actions.out_dim, cfg_hidden, layers, batch_first=True)
         self.hidden, self.layers = cfg_hidden, layers
-        self.out_dim = 2 * cfg_hidden
+        self.fields = tuple(fields)
+        self.out_dim = 2 * cfg_hidden + (emb_dim if self.fields else 0)
 
     def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """emb (B, T, D), act (B, T, A) without the time column → enc (B, T, 2H)."""
+        """emb (B, T, D), act (B, T, A) without the time column → enc (B, T, 2H [+ D]).
+
+        With ``fields`` the slot also keeps the item's per-field unit embedding
+        (:func:`field_unit`) for the attention's field match.
+        """
         p_hat, _ = self.item_gru(emb)  # (B, T, H)
         a_hat, _ = self.action_gru(self.actions(act))  # (B, T, H)
-        return torch.cat([p_hat, a_hat], dim=-1)
+        parts = [p_hat, a_hat] + ([field_unit(emb, self.fields)] if self.fields else [])
+        return torch.cat(parts, dim=-1)
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         """(2, layers, B, H) zeros: item-GRU and action-GRU states before any behaviour."""
@@ -136,24 +153,28 @@ class HUBSMEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance by one behaviour.
 
-        emb (B, D), act (B, A), state (2, layers, B, H) → enc (B, 2H), new state.
+        emb (B, D), act (B, A), state (2, layers, B, H) → enc (B, 2H [+ D]), new state.
         """
         p_hat, h_item = self.item_gru(emb[:, None, :], state[0].contiguous())  # (B, 1, H)
         a_hat, h_act = self.action_gru(self.actions(act)[:, None, :], state[1].contiguous())
-        return torch.cat([p_hat[:, 0], a_hat[:, 0]], dim=-1), torch.stack([h_item, h_act])
+        parts = [p_hat[:, 0], a_hat[:, 0]] + ([field_unit(emb, self.fields)] if self.fields else [])
+        return torch.cat(parts, dim=-1), torch.stack([h_item, h_act])
 
 
 class HUISMEncoder(nn.Module):
     """DIN-style item-only encoding: a projection of each behaviour item, no actions."""
 
-    def __init__(self, emb_dim: int, hidden: int):
+    def __init__(self, emb_dim: int, hidden: int, fields: tuple[int, ...] = ()):
         super().__init__()
         self.proj = nn.Linear(emb_dim, hidden)
-        self.out_dim = hidden
+        self.hidden = hidden
+        self.fields = tuple(fields)
+        self.out_dim = hidden + (emb_dim if self.fields else 0)
 
     def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """emb (B, T, D) → enc (B, T, H); ``act`` is ignored."""
-        return torch.relu(self.proj(emb))
+        """emb (B, T, D) → enc (B, T, H [+ D]); ``act`` is ignored."""
+        enc = torch.relu(self.proj(emb))
+        return torch.cat([enc, field_unit(emb, self.fields)], -1) if self.fields else enc
 
 
 class BehaviourAttention(nn.Module):
@@ -171,23 +192,59 @@ class BehaviourAttention(nn.Module):
     null slot): softmax normalisation hides *how much* of the sequence matches the candidate
     (one matching click or ten give the same context), and that amount is the signal (DIN drops
     the normalisation for the same reason). A Shoal addition; ``mass=False`` is the paper.
+
+    With ``fields`` (the sizes of the cloud embedding's per-field slices) the score also has a
+    field match ``Σ_f w_f cos(x_t^f, y_j^f)`` between the candidate's and the behaviour's
+    shipped embeddings of each field f (category, brand, ...), with one learned weight per
+    field, initialised to one. Unlike the additive and bilinear terms, whose match signal is
+    a product of small random projections at initialisation (a plateau that lasted hundreds
+    of Adam steps on a task that *is* "the candidate's category was clicked in the last 5
+    minutes", ``docs/models.md``), the cosine of two field embeddings is 1 for the same value
+    from the first step. A Shoal addition; ``fields=()`` is the paper.
     """
 
-    def __init__(self, q_dim: int, k_dim: int, units: int, mass: bool = False, match: bool = False):
+    def __init__(
+        self,
+        q_dim: int,
+        k_dim: int,
+        units: int,
+        mass: bool = False,
+        match: bool = False,
+        fields: tuple[int, ...] = (),
+    ):
         super().__init__()
         self.w_q = nn.Linear(q_dim, units, bias=False)
         self.w_k = nn.Linear(k_dim, units)
         self.v = nn.Linear(units, 1, bias=False)
         self.mass = mass
         self.match = nn.Linear(q_dim, k_dim, bias=False) if match else None
+        self.fields = tuple(fields)
+        # one weight per field of the cosine field match (1 at init: attend to similar items)
+        self.field_w = nn.Parameter(torch.ones(len(self.fields))) if self.fields else None
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+        q_unit: torch.Tensor | None = None,
+        k_unit: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """q (B, K, Dq), k (B, T, Dk), v (B, T, Dv), mask (B, T) → (B, K, Dv [+ 1])."""
+        """q (B, K, Dq), k (B, T, Dk), v (B, T, Dv), mask (B, T) → (B, K, Dv [+ 1]).
+
+        With ``fields``: ``q_unit`` (B, K, D) and ``k_unit`` (B, T, D) are the per-field unit
+        embeddings (:func:`field_unit`) of the candidates and the behaviours, and the score
+        gains ``Σ_f w_f cos(q_f, k_f)``.
+        """
         e = self.v(torch.tanh(self.w_q(q)[:, :, None] + self.w_k(k)[:, None])).squeeze(-1)
         if self.match is not None:
             e = e + self.match(q) @ k.transpose(1, 2)  # (B, K, T) bilinear q^T M k
+        if self.field_w is not None:
+            if q_unit is None or k_unit is None:
+                raise ValueError("field match needs candidate and behaviour unit embeddings")
+            w = torch.repeat_interleave(self.field_w, torch.tensor(self.fields))  # (D,)
+            e = e + (q_unit * w) @ k_unit.transpose(1, 2)  # (B, K, T) Σ_f w_f cos
         e = e.masked_fill(~mask[:, None, :], NEG_INF)  # (B, K, T)
         a = torch.softmax(e, dim=-1) * mask[:, None, :].to(e.dtype)  # empty row -> all zero
         ctx = a @ v  # (B, K, Dv)
@@ -218,21 +275,25 @@ class BehaviourBranch(nn.Module):
         attention: int,
         mass: bool = False,
         match: bool = False,
+        fields: tuple[int, ...] = (),
     ):
         super().__init__()
         if kind not in ("hubsm", "huism"):
             raise ValueError(f"behaviour encoder must be 'hubsm' or 'huism', got {kind!r}")
+        if fields and sum(fields) != emb_dim:
+            raise ValueError(f"field sizes {fields} must add up to the embedding size {emb_dim}")
         self.kind = kind
+        self.fields = tuple(fields)
         if kind == "hubsm":
             self.encoder: nn.Module = HUBSMEncoder(
-                emb_dim, action_vocab[:-1], hidden, layers, action_dim
+                emb_dim, action_vocab[:-1], hidden, layers, action_dim, self.fields
             )
             self.time = nn.Embedding(int(action_vocab[-1]), time_dim, padding_idx=0)
             k_dim, self.out_dim = hidden + time_dim, 2 * hidden + time_dim
         else:
-            self.encoder = HUISMEncoder(emb_dim, hidden)
+            self.encoder = HUISMEncoder(emb_dim, hidden, self.fields)
             k_dim = self.out_dim = hidden
-        self.attention = BehaviourAttention(q_dim, k_dim, attention, mass, match)
+        self.attention = BehaviourAttention(q_dim, k_dim, attention, mass, match, self.fields)
         self.out_dim += int(mass)
 
     def encode(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -240,14 +301,29 @@ class BehaviourBranch(nn.Module):
         return self.encoder(emb, act[..., :-1])
 
     def attend(
-        self, query: torch.Tensor, enc: torch.Tensor, since: torch.Tensor, mask: torch.Tensor
+        self,
+        query: torch.Tensor,
+        enc: torch.Tensor,
+        since: torch.Tensor,
+        mask: torch.Tensor,
+        cand_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """query (B, K, Dq), enc (B, T, E), since (B, T) time bucket, mask (B, T) → (B, K, out)."""
+        """query (B, K, Dq), enc (B, T, E), since (B, T) time bucket, mask (B, T) → (B, K, out).
+
+        ``cand_emb`` (B, K, D): the candidates' shipped embeddings, needed with ``fields``.
+        """
+        q_unit = k_unit = None
+        if self.fields:
+            if cand_emb is None:
+                raise ValueError("a branch with field match needs the candidates' embeddings")
+            D = sum(self.fields)
+            enc, k_unit = enc[..., :-D], enc[..., -D:]  # (B, T, E - D), (B, T, D)
+            q_unit = field_unit(cand_emb, self.fields)  # (B, K, D)
         if self.kind == "huism":
-            return self.attention(query, enc, enc, mask)
+            return self.attention(query, enc, enc, mask, q_unit, k_unit)
         h = self.encoder.hidden
         p_hat, a_hat = enc[..., :h], enc[..., h:]
         tau = self.time(since)  # (B, T, time_dim)
         keys = torch.cat([p_hat, tau], dim=-1)
         values = torch.cat([a_hat, p_hat, tau], dim=-1)
-        return self.attention(query, keys, values, mask)
+        return self.attention(query, keys, values, mask, q_unit, k_unit)
