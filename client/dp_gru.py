@@ -14,6 +14,9 @@ no initial state. The loss must depend on the output sequence only, not on the f
 ``h_n`` (Opacus hands a grad sampler the gradient of the first output); the rerankers read the
 output sequence. ``tests/test_local_dp.py`` checks per-sample gradients against a loop over
 single-request losses.
+
+The attention's :class:`~shoal.client.models.parts.FieldScale` (field-match weights) gets its
+exact per-sample gradient here too (:func:`field_scale_grad_sample`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import torch
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
+
+from shoal.client.models.parts import FieldScale
 
 
 class SampleGRU(nn.GRU):
@@ -111,3 +116,17 @@ def gru_grad_sample(
         if b_ih is not None:
             ret[b_ih], ret[b_hh] = db_ih, db_hh
     return {p: g for p, g in ret.items() if p.requires_grad}
+
+
+@register_grad_sampler(FieldScale)
+@torch.no_grad()
+def field_scale_grad_sample(
+    layer: FieldScale, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradient of the field weights, (B, F): ``Σ over a field's slice of x · g``.
+
+    activations: [x], x (B, ..., D); backprops: dL/d output, same shape.
+    """
+    xg = (activations[0] * backprops).reshape(backprops.shape[0], -1, backprops.shape[-1])
+    per_dim = xg.sum(1)  # (B, D)
+    return {layer.weight: torch.stack([c.sum(-1) for c in per_dim.split(layer.fields, -1)], -1)}

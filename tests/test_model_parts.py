@@ -142,8 +142,8 @@ def test_behaviour_attention_field_match_by_hand() -> None:
     torch.manual_seed(0)
     plain = BehaviourAttention(4, 3, 5, mass=True)
     fm = BehaviourAttention(4, 3, 5, mass=True, fields=(2, 3))
-    fm.load_state_dict({**plain.state_dict(), "field_w": torch.tensor([0.5, -2.0])})
-    assert torch.equal(BehaviourAttention(4, 3, 5, fields=(2, 3)).field_w, torch.ones(2))
+    fm.load_state_dict({**plain.state_dict(), "field_scale.weight": torch.tensor([0.5, -2.0])})
+    assert torch.equal(BehaviourAttention(4, 3, 5, fields=(2, 3)).field_scale.weight, torch.ones(2))
     with torch.no_grad():
         e = plain.v(torch.tanh(plain.w_q(q)[:, :, None] + plain.w_k(k)[:, None])).squeeze(-1)
         for b in range(2):

@@ -35,6 +35,23 @@ def field_unit(x: torch.Tensor, chunks: tuple[int, ...]) -> torch.Tensor:
     return torch.cat([p / p.norm(dim=-1, keepdim=True).clamp(min=1e-6) for p in parts], -1)
 
 
+class FieldScale(nn.Module):
+    """One learned weight per field slice: x (..., D) → x ⊙ [w_1]*d_1 ⊕ ... ⊕ [w_F]*d_F.
+
+    Applied to the candidates' :func:`field_unit` embeddings, a dot product with a behaviour's
+    unit embedding is ``Σ_f w_f cos_f``. Weights start at 1. A module of its own (one input) so
+    that on-device DP-SGD has an exact per-sample gradient for it (``client/dp_gru.py``).
+    """
+
+    def __init__(self, fields: tuple[int, ...]):
+        super().__init__()
+        self.fields = tuple(int(f) for f in fields)
+        self.weight = nn.Parameter(torch.ones(len(self.fields)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.repeat_interleave(self.weight, torch.tensor(self.fields))
+
+
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     """Linear-ReLU stack ``sizes[0] → ... → sizes[-1]`` (ReLU after every layer)."""
     layers: list[nn.Module] = []
@@ -220,7 +237,7 @@ class BehaviourAttention(nn.Module):
         self.match = nn.Linear(q_dim, k_dim, bias=False) if match else None
         self.fields = tuple(fields)
         # one weight per field of the cosine field match (1 at init: attend to similar items)
-        self.field_w = nn.Parameter(torch.ones(len(self.fields))) if self.fields else None
+        self.field_scale = FieldScale(self.fields) if self.fields else None
 
     def forward(
         self,
@@ -240,11 +257,10 @@ class BehaviourAttention(nn.Module):
         e = self.v(torch.tanh(self.w_q(q)[:, :, None] + self.w_k(k)[:, None])).squeeze(-1)
         if self.match is not None:
             e = e + self.match(q) @ k.transpose(1, 2)  # (B, K, T) bilinear q^T M k
-        if self.field_w is not None:
+        if self.field_scale is not None:
             if q_unit is None or k_unit is None:
                 raise ValueError("field match needs candidate and behaviour unit embeddings")
-            w = torch.repeat_interleave(self.field_w, torch.tensor(self.fields))  # (D,)
-            e = e + (q_unit * w) @ k_unit.transpose(1, 2)  # (B, K, T) Σ_f w_f cos
+            e = e + self.field_scale(q_unit) @ k_unit.transpose(1, 2)  # (B, K, T) Σ_f w_f cos
         e = e.masked_fill(~mask[:, None, :], NEG_INF)  # (B, K, T)
         a = torch.softmax(e, dim=-1) * mask[:, None, :].to(e.dtype)  # empty row -> all zero
         ctx = a @ v  # (B, K, Dv)
