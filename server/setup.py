@@ -82,8 +82,12 @@ def open_run_dir(run_dir: str | Path) -> tuple[ShoalConfig, dict]:
     )
 
 
-def _init_key(kind: str, cfg: ShoalConfig) -> str:
+def _init_key(kind: str, cfg: ShoalConfig, layout: dict[str, list[int]]) -> str:
+    """Cache key of an initial model: everything it was trained from, and the parameter
+    layout (names and shapes) of the code that builds it, so a model cached by an older
+    version of a network is retrained, not loaded into the wrong parameters."""
     deps = {"kind": kind, "model": dataclasses.asdict(cfg.model), "seed": cfg.seed}
+    deps["layout"] = layout
     deps["split"] = dataclasses.asdict(cfg.split)
     deps["seq"] = dataclasses.asdict(cfg.seq)
     if kind != "random":
@@ -102,8 +106,10 @@ def initial_model(kind: str, cfg: ShoalConfig, data_dir: str | Path) -> Reranker
     if kind not in INITS:
         raise ValueError(f"unknown initial model {kind!r}; known: {INITS}")
     data_dir = Path(data_dir)
-    path = data_dir / "models" / f"{kind}-{_init_key(kind, cfg)}.pt"
     log = storage.load(data_dir, mmap=True)
+    template = build_model(cfg.model, log.schema, log.n_items)
+    layout = {k: list(v.shape) for k, v in template.state_dict().items()}
+    path = data_dir / "models" / f"{kind}-{_init_key(kind, cfg, layout)}.pt"
     if path.is_file():
         model, _ = load_reranker(path, log.schema)
         return model

@@ -137,3 +137,28 @@ def test_fedavg_aggregates_real_replies_and_excludes_faults(run) -> None:
     kept, m2 = strat.aggregate_train(1, replies)
     strat.fed.min_devices = 1
     assert kept is None and m2["failed_round"] == 1
+
+
+def test_initial_model_cache_follows_the_parameter_layout(run, monkeypatch) -> None:
+    """A cached model is reused while the network's layout is unchanged, and retrained (not
+    loaded into the wrong parameters) once the code builds a different layout."""
+    import shoal.server.setup as setup
+
+    _, cfg, meta, arrays = run
+    models = setup.Path(meta["data_dir"]) / "models"
+    cached = initial_model("cloud", cfg, meta["data_dir"])  # from the cache
+    for k, v in cached.state_dict().items():
+        assert np.array_equal(v.numpy(), arrays[k].numpy())
+    files = sorted(p.name for p in models.iterdir())
+    build = setup.build_model
+
+    def newer_version(*a, **kw):  # as if a release added a parameter to the network
+        model = build(*a, **kw)
+        model.device.extra = torch.nn.Parameter(torch.zeros(3))
+        return model
+
+    monkeypatch.setattr(setup, "build_model", newer_version)
+    retrained = initial_model("cloud", cfg, meta["data_dir"])
+    assert "device.extra" in retrained.state_dict()
+    after = sorted(p.name for p in models.iterdir())
+    assert set(files) < set(after)  # a second cache entry; the old one is left alone
