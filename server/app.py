@@ -129,6 +129,14 @@ def finish(run_dir: Path, model, log, cfg, meta: dict, setup_s: float, res) -> d
     for r in rows:
         if r["round"] == last_eval and r["metric"] in names:
             final.setdefault(r["metric"], {})[r["bucket"]] = r["value"]
+    evaluated = {r["round"]: r["value"] for r in rows if r["metric"] == "eval_devices"}
+    if last_eval is not None and not evaluated.get(last_eval, 0):
+        failed = last_value(rows, "eval_failures")
+        raise ValueError(
+            f"every device failed the final evaluation (round {last_eval}, {failed or 0:.0f} "
+            f"failures, see the log); {run_dir} keeps metrics.csv and model.pt but no "
+            "summary.json: fix the cause and delete the run directory to run it again"
+        )
     per_round = {
         m: sum(r["value"] for r in rows if r["metric"] == m)
         for m in ("bytes_up", "bytes_down", "round_seconds", "failures")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _fed_helpers import tiny_cfg
+from flwr.app import MessageType
 
 import shoal.strategies  # noqa: F401
 from shoal.client.app import make_client_app
@@ -70,6 +71,23 @@ def test_faulty_devices_are_excluded_counted_and_the_round_goes_on(tmp_path) -> 
     assert "failed_round" not in {r["metric"] for r in read_metrics(run_dir)}
     ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ck["arrays"].values())
+
+
+def _fail_evaluation(msg, context, call_next):
+    """Mod: every evaluation fails on the device (as a model the device cannot load)."""
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        raise RuntimeError("injected evaluation failure")
+    return call_next(msg, context)
+
+
+def test_run_whose_final_evaluation_failed_everywhere_is_not_done(tmp_path) -> None:
+    app = make_client_app([_fail_evaluation])
+    cfg = tiny_cfg(tmp_path, "fed.strategy=cloud-only", "fed.rounds=1")
+    with pytest.raises(ValueError, match="every device failed the final evaluation"):
+        simulate(cfg, client_app=app, progress=False)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.endswith("cloud-only-sim")]
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "model.pt").is_file()
+    assert not (run_dir / "summary.json").exists()  # compare will not count it as done
 
 
 def test_personal_parameters_never_leave_the_device(tmp_path) -> None:
