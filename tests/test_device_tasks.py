@@ -3,6 +3,8 @@ and the strategy hooks on real device replies."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,22 +144,20 @@ def test_fedavg_aggregates_real_replies_and_excludes_faults(run) -> None:
 def test_initial_model_cache_follows_the_parameter_layout(run, monkeypatch) -> None:
     """A cached model is reused while the network's layout is unchanged, and retrained (not
     loaded into the wrong parameters) once the code builds a different layout."""
-    import shoal.server.setup as setup
-
     _, cfg, meta, arrays = run
-    models = setup.Path(meta["data_dir"]) / "models"
+    models = Path(meta["data_dir"]) / "models"
     cached = initial_model("cloud", cfg, meta["data_dir"])  # from the cache
     for k, v in cached.state_dict().items():
         assert np.array_equal(v.numpy(), arrays[k].numpy())
     files = sorted(p.name for p in models.iterdir())
-    build = setup.build_model
+    from shoal.server.setup import build_model as build
 
     def newer_version(*a, **kw):  # as if a release added a parameter to the network
         model = build(*a, **kw)
         model.device.extra = torch.nn.Parameter(torch.zeros(3))
         return model
 
-    monkeypatch.setattr(setup, "build_model", newer_version)
+    monkeypatch.setattr("shoal.server.setup.build_model", newer_version)
     retrained = initial_model("cloud", cfg, meta["data_dir"])
     assert "device.extra" in retrained.state_dict()
     after = sorted(p.name for p in models.iterdir())

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from shoal.client.models.base import DeviceNetwork, take
-from shoal.client.models.parts import BehaviourBranch, CandidateEncoder, ListContext, mlp
+from shoal.client.models.parts import (
+    BehaviourBranch,
+    CandidateEncoder,
+    ListContext,
+    field_unit,
+    mlp,
+)
 
 SEQUENCE_KINDS = ("none", "hubsm", "huism")
 
@@ -156,6 +162,7 @@ class EdgeRecNet(DeviceNetwork):
         cand = None
         if self.cfg.fields:  # the field match reads the candidates' shipped embeddings
             cand = take(cand_emb, select) if select is not None else cand_emb  # (B, K, D)
+            cand = field_unit(cand, self.cfg.fields)  # once for both branches
         if self.ie is not None:
             parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask, cand))  # (B, K, E)
         if self.ipv is not None:

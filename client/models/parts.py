@@ -322,19 +322,20 @@ class BehaviourBranch(nn.Module):
         enc: torch.Tensor,
         since: torch.Tensor,
         mask: torch.Tensor,
-        cand_emb: torch.Tensor | None = None,
+        cand_unit: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query (B, K, Dq), enc (B, T, E), since (B, T) time bucket, mask (B, T) → (B, K, out).
 
-        ``cand_emb`` (B, K, D): the candidates' shipped embeddings, needed with ``fields``.
+        ``cand_unit`` (B, K, D): the candidates' :func:`field_unit` embeddings, needed with
+        ``fields`` (computed once per request by the network, shared by its branches).
         """
         q_unit = k_unit = None
         if self.fields:
-            if cand_emb is None:
+            if cand_unit is None:
                 raise ValueError("a branch with field match needs the candidates' embeddings")
             D = sum(self.fields)
             enc, k_unit = enc[..., :-D], enc[..., -D:]  # (B, T, E - D), (B, T, D)
-            q_unit = field_unit(cand_emb, self.fields)  # (B, K, D)
+            q_unit = cand_unit
         if self.kind == "huism":
             return self.attention(query, enc, enc, mask, q_unit, k_unit)
         h = self.encoder.hidden
