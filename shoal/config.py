@@ -188,17 +188,22 @@ class ModelConfig:
     attention_mass: bool = True
     """EdgeRec: also give the head each behaviour attention's mass log(1 + Σ exp(score)),
     i.e. how much of the sequence matches the candidate (false = the paper's softmax context
-    alone)."""
+    alone). HUBSM branches only: HUISM's DIN attention is unnormalised already."""
     attention_match: bool = False
-    """EdgeRec: add a bilinear match term q^T M k to the Bahdanau attention score (false = the
-    paper's additive score alone)."""
+    """EdgeRec: add a bilinear match term q^T M k to the Bahdanau attention score of HUBSM
+    branches (false = the paper's additive score alone; HUISM's DIN unit has q ⊙ k)."""
     field_match: bool = True
     """EdgeRec: add a cosine match of the candidate's and each behaviour's field embeddings
     (category, brand, ...; one learned weight per field) to the behaviour attention score
     (false = the paper's score alone; docs/models.md says why it is on)."""
+    match_fields: list[str] | None = None
+    """EdgeRec: the item fields the field match compares (names from the dataset schema, plus
+    ``item_id`` when id_dim > 0). null = every field with fewer distinct values than half the
+    catalog: an identity-like field (KuaiRand's author, 6,341 values for 7,350 videos; the
+    item id) lets the match memorise per-item clicks (measured: docs/results.md)."""
     query: str = "list"
-    """EdgeRec attention query: list (the candidate's list-GRU encoding, as the paper) or item
-    (its pointwise encoding)."""
+    """EdgeRec HUBSM attention query: list (the candidate's list-GRU encoding, as the paper) or
+    item (its pointwise encoding). HUISM's DIN query is the candidate's projected embedding."""
     heads: int = 4
     """kuaishou: target-attention heads (must divide ``hidden``)."""
     experts: int = 4

@@ -7,13 +7,16 @@ memorise), seeds are pinned."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
-from _model_helpers import SIM_SCHEMA
+from _model_helpers import SIM_SCHEMA, random_inputs
 from sklearn.metrics import roc_auc_score
 
-from shoal.client.models import build_model
+from shoal.client.models import build_model, matched_fields
 from shoal.config import ModelConfig
 
 N_CATS = 8  # categories drawn (of the schema's 50)
@@ -86,3 +89,65 @@ def test_field_match_learns_a_recent_same_category_click() -> None:
     with_match, paper = _train_auc(True), _train_auc(False)  # measured: 0.993 and 0.795
     assert with_match > 0.97
     assert with_match > paper + 0.1  # the paper's additive score is still on its plateau
+
+
+# ============================================================ which fields the match compares
+def _kuairand_like(n_items: int = 7350):
+    """A schema whose second field is nearly an item id (KuaiRand's author: 6,341 values)."""
+    return dataclasses.replace(
+        SIM_SCHEMA, item_fields=("tag", "author", "video_type"), item_vocab=(31, 6342, 4)
+    )
+
+
+def test_automatic_selection_leaves_out_identity_like_fields(caplog) -> None:
+    mc = ModelConfig()
+    # the simulator: 50 categories, 1,000 brands, ... for 20,000 items: every field is matched
+    assert matched_fields(mc, SIM_SCHEMA, 20_000) == tuple(range(len(SIM_SCHEMA.item_vocab)))
+    # 6,341 authors for 7,350 items (86% >= 50%): author is left out; so is an item-id slice
+    assert matched_fields(mc, _kuairand_like(), 7350) == (0, 2)
+    mc_id = ModelConfig(id_dim=4)
+    assert matched_fields(mc_id, _kuairand_like(), 7350) == (0, 2)
+    # the boundary: 3,674 / 7,350 values (< half) is matched, 3,675 (= half) is not
+    for v, kept in ((3675, True), (3676, False)):
+        s = dataclasses.replace(_kuairand_like(), item_vocab=(31, v, 4))
+        assert (1 in matched_fields(mc, s, 7350)) is kept
+    # a toy catalog where every field is that fine: all of them, with a warning
+    with caplog.at_level(logging.WARNING, logger="shoal.client.models"):
+        assert matched_fields(mc, _kuairand_like(), 3) == (0, 1, 2)
+    assert "compares all of them" in caplog.text
+
+
+def test_named_selection_and_bad_names() -> None:
+    s = _kuairand_like()
+    assert matched_fields(ModelConfig(match_fields=["author", "tag"]), s, 7350) == (0, 1)
+    assert matched_fields(ModelConfig(id_dim=4, match_fields=["item_id"]), s, 7350) == (3,)
+    with pytest.raises(ValueError, match=r"\['brand'\], not item fields"):
+        matched_fields(ModelConfig(match_fields=["tag", "brand"]), s, 7350)
+    with pytest.raises(ValueError, match="item_id"):  # no id slice without id_dim
+        matched_fields(ModelConfig(match_fields=["item_id"]), s, 7350)
+    with pytest.raises(ValueError, match="match_fields is empty"):
+        matched_fields(ModelConfig(match_fields=[]), s, 7350)
+
+
+@pytest.mark.parametrize("name", ["crban-hubsm", "crban-huism"])
+def test_left_out_field_is_neither_stored_nor_compared(name: str) -> None:
+    """With author left out, each slot stores the unit embeddings of tag and video_type only,
+    there is one field weight per matched field, and the logits equal those of a network whose
+    field match is told explicitly to compare (tag, video_type)."""
+    s = _kuairand_like()
+    auto = build_model(ModelConfig(name=name), s, 7350)
+    named = build_model(ModelConfig(name=name, match_fields=["video_type", "tag"]), s, 7350)
+    for branch in (auto.device.ie, auto.device.ipv):
+        assert branch.matched == (8, 8)
+        assert branch.attention.field_scale.weight.shape == (2,)
+    named.load_state_dict(auto.state_dict())
+    x = random_inputs(s, 24, [5, 3], [4, 2], [3, 0], seed=0)
+    with torch.no_grad():
+        ie_enc, _ = auto.device.encode(x[3], x[4], x[6], x[7])
+        D = 8 * 3
+        unit = ie_enc[..., -16:]
+        want = torch.cat(
+            [F.normalize(x[3][..., sl], dim=-1) for sl in (slice(0, 8), slice(16, D))], -1
+        )
+        torch.testing.assert_close(unit, want * x[5][..., None], atol=1e-6, rtol=0)
+        torch.testing.assert_close(auto.device(*x), named.device(*x), atol=0, rtol=0)

@@ -170,10 +170,11 @@ def test_repeated_session_replaces_its_row_and_finetune_adds_one(run, tmp_path) 
     assert rows.shape == (3, 5) and first < second
 
 
-@pytest.mark.parametrize("name", ["crban-hubsm", "kuaishou"])
+@pytest.mark.parametrize("name", ["crban-hubsm", "crban-huism", "kuaishou"])
 def test_per_request_gradients_equal_single_request_loop(run, name) -> None:
-    """Opacus' per-sample gradients (SampleGRU's batched BPTT, hooks for the rest) equal the
-    gradients of each request's loss alone through the plain network."""
+    """Opacus' per-sample gradients (SampleGRU's batched BPTT, hooks for the rest, DIN's
+    linear layers on (B, K, T, H) inputs) equal the gradients of each request's loss alone
+    through the plain network."""
     run_dir, _, n = run
     r = open_run(run_dir)
     torch.manual_seed(0)

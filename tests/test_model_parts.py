@@ -11,6 +11,7 @@ from _model_helpers import SIM_SCHEMA, _acts, _default_inputs, _mask, _model
 from shoal.client.models.parts import (
     BehaviourAttention,
     BehaviourBranch,
+    DINAttention,
     HUBSMEncoder,
     ListContext,
     field_unit,
@@ -162,6 +163,46 @@ def test_behaviour_attention_field_match_by_hand() -> None:
             torch.testing.assert_close(out[b, :, 6], mass, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unit embeddings"):
         fm(q, k, v, mask)
+
+
+def test_din_attention_matches_concatenated_activation_unit() -> None:
+    """DIN: w_tj = v^T relu(W [q, k, q - k, q ⊙ k] + b) (+ Σ_f w_f cos), c_t = Σ_j w_tj k_j,
+    no softmax. The folded form must equal one Linear over the explicit concatenation."""
+    g = torch.Generator().manual_seed(3)
+    H, U, K, T = 4, 5, 3, 6
+    q, k = torch.randn(2, K, H, generator=g), torch.randn(2, T, H, generator=g)
+    x, y = torch.randn(2, K, 5, generator=g), torch.randn(2, T, 5, generator=g)  # D = 2 + 3
+    mask = _mask([6, 2], T)
+    torch.manual_seed(0)
+    att = DINAttention(H, U, fields=(2, 3))
+    att.field_scale.weight.data = torch.tensor([0.5, -2.0])
+    # the concatenated layer W = [W1 W2 W3 W4] with W1 - (-W3) = A, W2 - W3 = C: pick W3 freely
+    W3 = torch.randn(U, H, generator=g)
+    W = torch.cat([att.w_q.weight - W3, att.w_k.weight + W3, W3, att.w_p.weight], 1)
+    with torch.no_grad():
+        out = att(q, k, mask, field_unit(x, (2, 3)), field_unit(y, (2, 3)))
+        for b, L in enumerate((6, 2)):
+            for t in range(K):
+                want = torch.zeros(H)
+                for j in range(L):
+                    z = torch.cat([q[b, t], k[b, j], q[b, t] - k[b, j], q[b, t] * k[b, j]])
+                    w = att.v.weight[0] @ torch.relu(W @ z + att.w_q.bias)
+                    cos = [
+                        torch.nn.functional.cosine_similarity(x[b, t, sl], y[b, j, sl], dim=0)
+                        for sl in (slice(0, 2), slice(2, 5))
+                    ]
+                    want += (w + 0.5 * cos[0] - 2.0 * cos[1]) * k[b, j]
+                torch.testing.assert_close(out[b, t], want, atol=1e-5, rtol=0)
+    with torch.no_grad():  # not normalised: two copies of a slot give twice its context
+        torch.manual_seed(1)
+        a = DINAttention(H, U)
+        kk = k[:1, :1].expand(1, 2, H)
+        torch.testing.assert_close(
+            a(q[:1], kk, _mask([2], 2)), 2 * a(q[:1], kk, _mask([1], 2)), atol=1e-6, rtol=0
+        )
+        assert torch.equal(a(q[:1], kk, _mask([0], 2)), torch.zeros(1, K, H))
+    with pytest.raises(ValueError, match="unit embeddings"):
+        att(q, k, mask)
 
 
 def test_behaviour_attention_single_slot_returns_its_value() -> None:

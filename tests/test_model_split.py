@@ -25,7 +25,7 @@ DEVICE_BYTES = {
     "dlcm": 95_124,
     "crban-hubsm-ie": 270_244 + FIELD_W,
     "crban-hubsm-ipv": 277_812 + FIELD_W,
-    "crban-huism": 133_012 + 2 * FIELD_W,
+    "crban-huism": 140_948 + 2 * FIELD_W,  # DIN unit: 2 × (1024 weights) - head 2 × 32
     "crban-hubsm": 452_932 + 2 * FIELD_W,
     "edgerec": 452_932 + 2 * FIELD_W,
     "kuaishou": 201_916,

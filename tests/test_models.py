@@ -37,6 +37,7 @@ from shoal.client.models.kuaishou import MMoE, TargetAttention
 from shoal.client.models.parts import (
     BehaviourAttention,
     BehaviourBranch,
+    DINAttention,
     HUBSMEncoder,
     HUISMEncoder,
     ListContext,
@@ -155,13 +156,16 @@ def test_table2_variant_has_exactly_its_parts(name: str) -> None:
         for v, k in ((SIM_SCHEMA.ie_action_vocab, ie), (SIM_SCHEMA.ipv_action_vocab, ipv))
         if k == "hubsm"
     )
-    assert len(_modules(net, BehaviourAttention)) == 2 - [ie, ipv].count("none")
-    # head input: e (H), [p̂, s] (2H) with list context, branch outputs (+1: attention mass)
+    # Bahdanau attention in HUBSM branches, DIN's activation unit in HUISM branches
+    assert len(_modules(net, BehaviourAttention)) == [ie, ipv].count("hubsm")
+    assert len(_modules(net, DINAttention)) == [ie, ipv].count("huism")
+    # head input: e (H), [p̂, s] (2H) with list context, branch outputs (HUBSM +1: attention
+    # mass; DIN's unnormalised sum has none)
     H, T = 32, 8
     d = (
         H
         + 2 * H * list_ctx
-        + sum({"hubsm": 2 * H + T + 1, "huism": H + 1, "none": 0}[k] for k in (ie, ipv))
+        + sum({"hubsm": 2 * H + T + 1, "huism": H, "none": 0}[k] for k in (ie, ipv))
     )
     assert net.head[0][0].in_features == d
 

@@ -7,6 +7,8 @@ reranker. See ``docs/models.md``.
 
 from __future__ import annotations
 
+import logging
+
 from shoal.client.models.base import INPUT_NAMES, DeviceNetwork
 from shoal.client.models.cloud import CloudEmbeddings
 from shoal.client.models.edgerec import EdgeRecConfig, EdgeRecNet
@@ -15,6 +17,8 @@ from shoal.client.models.reranker import Reranker
 from shoal.config import ModelConfig
 from shoal.datasets.schema import Schema
 from shoal.registry import MODELS
+
+log = logging.getLogger(__name__)
 
 EDGEREC_VARIANTS: dict[str, tuple[bool, str, str]] = {
     # name: (list context, IE model, IPV model)
@@ -33,10 +37,50 @@ def _cloud(mcfg: ModelConfig, schema: Schema, n_items: int) -> CloudEmbeddings:
     return CloudEmbeddings(schema.item_vocab, n_items, mcfg.field_dim, mcfg.id_dim)
 
 
+IDENTITY_SHARE = 0.5
+"""A field with at least this many distinct values per catalog item is identity-like and left
+out of the automatic field match (``ModelConfig.match_fields``)."""
+
+
 def field_slices(mcfg: ModelConfig, schema: Schema) -> tuple[int, ...]:
     """Sizes of the per-field slices of the cloud part's item embedding, in order."""
     fields = (mcfg.field_dim,) * len(schema.item_vocab) if mcfg.field_dim else ()
     return fields + ((mcfg.id_dim,) if mcfg.id_dim else ())
+
+
+def matched_fields(mcfg: ModelConfig, schema: Schema, n_items: int) -> tuple[int, ...]:
+    """Indices (into :func:`field_slices`) of the fields the attention's field match compares.
+
+    ``mcfg.match_fields`` names them; ``None`` keeps every field with fewer distinct values
+    than ``IDENTITY_SHARE · n_items`` (never the item id), or, in a toy catalog where every
+    field is that fine, all of them (with a warning). Raises ``ValueError`` for an unknown name
+    or an empty list.
+    """
+    names = (schema.item_fields if mcfg.field_dim else ()) + (("item_id",) if mcfg.id_dim else ())
+    vocab = (schema.item_vocab if mcfg.field_dim else ()) + ((n_items + 1,) if mcfg.id_dim else ())
+    if mcfg.match_fields is None:
+        keep = tuple(i for i, v in enumerate(vocab) if v - 1 < IDENTITY_SHARE * n_items)
+        if not keep:
+            log.warning(
+                "every item field has >= %.0f%% as many values as the %d items; the field "
+                "match compares all of them",
+                100 * IDENTITY_SHARE,
+                n_items,
+            )
+            keep = tuple(range(len(vocab)))
+    else:
+        unknown = sorted(set(mcfg.match_fields) - set(names))
+        if unknown:
+            raise ValueError(
+                f"model.match_fields names {unknown}, not item fields of this model: {list(names)}"
+            )
+        keep = tuple(i for i, n in enumerate(names) if n in set(mcfg.match_fields))
+    if not keep:
+        raise ValueError(
+            "model.match_fields is empty: name at least one item field, or set "
+            "model.field_match=false"
+        )
+    return keep
 
 
 def _edgerec(name: str):
@@ -63,6 +107,7 @@ def _edgerec(name: str):
             attention_mass=mcfg.attention_mass,
             attention_match=mcfg.attention_match,
             fields=field_slices(mcfg, schema) if mcfg.field_match else (),
+            match=matched_fields(mcfg, schema, n_items) if mcfg.field_match else (),
         )
         return Reranker(name, cloud, EdgeRecNet(cfg))
 

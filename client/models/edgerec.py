@@ -15,7 +15,8 @@ crban-hubsm (full EdgeRec)  yes           HUBSM     HUBSM
 
 Score of candidate ``t`` = MLP([e_t, p̂_t, s, c_t^IE, c_t^IPV]): the pointwise encoding, the
 list-GRU encoding and the list context ``s`` (when the list context is on), and one behaviour
-attention context per sequence, with the query ``p̂_t`` (``e_t`` without list context).
+attention context per sequence: Bahdanau attention with the query ``p̂_t`` (``e_t`` without
+list context) for HUBSM, DIN's activation unit over projected item embeddings for HUISM.
 """
 
 from __future__ import annotations
@@ -60,16 +61,18 @@ class EdgeRecConfig:
     time_dim: int = 8
     dropout: float = 0.0
     attention_mass: bool = True
-    """Also feed the head the attention mass ``log(1 + Σ_j exp(e_tj))`` of each sequence
+    """Also feed the head the attention mass ``log(1 + Σ_j exp(e_tj))`` of each HUBSM sequence
     (``parts.BehaviourAttention``; False = the paper's softmax context alone)."""
     attention_match: bool = False
-    """Add a bilinear match term ``q^T M k`` to the additive attention score
+    """Add a bilinear match term ``q^T M k`` to the HUBSM branches' additive attention score
     (``parts.BehaviourAttention``; False = the paper's Bahdanau score)."""
     fields: tuple[int, ...] = ()
     """Sizes of the per-field slices of the shipped embedding (summing to ``emb_dim``) for the
     attention's cosine field match (``parts.BehaviourAttention``; empty = the paper's score)."""
+    match: tuple[int, ...] | None = None
+    """Indices into ``fields`` of the fields the field match compares (None = all)."""
     query: str = "list"
-    """Attention query: ``list`` = the candidate's list-GRU encoding p̂_t (the paper),
+    """HUBSM attention query: ``list`` = the candidate's list-GRU encoding p̂_t (the paper),
     ``item`` = its pointwise encoding e_t. Without list context the query is always e_t."""
 
     def __post_init__(self) -> None:
@@ -105,6 +108,7 @@ class EdgeRecNet(DeviceNetwork):
             mass=cfg.attention_mass,
             match=cfg.attention_match,
             fields=tuple(cfg.fields),
+            keep=tuple(cfg.match) if cfg.match is not None else None,
         )
         self.ie = (
             BehaviourBranch(cfg.ie, action_vocab=cfg.ie_action_vocab, **branch)
@@ -159,14 +163,16 @@ class EdgeRecNet(DeviceNetwork):
         parts, query = self.encode_candidates(
             cand_emb, cand_score, cand_mask, select, self.cfg.query == "list"
         )
-        cand = None
-        if self.cfg.fields:  # the field match reads the candidates' shipped embeddings
+        cand = unit = None
+        if self.cfg.fields or "huism" in (self.cfg.ie, self.cfg.ipv):
             cand = take(cand_emb, select) if select is not None else cand_emb  # (B, K, D)
-            cand = field_unit(cand, self.cfg.fields)  # once for both branches
+        if self.cfg.fields:  # the field match reads the candidates' shipped embeddings
+            keep = tuple(self.cfg.match) if self.cfg.match is not None else None
+            unit = field_unit(cand, self.cfg.fields, keep)  # once for both branches
         if self.ie is not None:
-            parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask, cand))  # (B, K, E)
+            parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask, cand, unit))
         if self.ipv is not None:
-            parts.append(self.ipv.attend(query, ipv_enc, ipv_since, ipv_mask, cand))
+            parts.append(self.ipv.attend(query, ipv_enc, ipv_since, ipv_mask, cand, unit))
         return self.head(torch.cat(parts, dim=-1))  # (B, K, 1)
 
     def forward(

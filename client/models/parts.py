@@ -25,14 +25,23 @@ def last_state(out: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     return last * (length > 0)[:, None].to(out.dtype)
 
 
-def field_unit(x: torch.Tensor, chunks: tuple[int, ...]) -> torch.Tensor:
+def field_unit(
+    x: torch.Tensor, chunks: tuple[int, ...], keep: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """Each field's slice of a cloud embedding scaled to unit length (zeros stay zero).
 
-    x (..., D) with ``D = sum(chunks)`` → (..., D). The dot product of two such vectors,
-    restricted to one chunk, is the cosine similarity of that field's embeddings.
+    x (..., D) with ``D = sum(chunks)`` → (..., D'), the slices ``keep`` (indices into
+    ``chunks``; all by default) in order, ``D'`` their total size. The dot product of two such
+    vectors, restricted to one slice, is the cosine similarity of that field's embeddings.
     """
     parts = torch.split(x, list(chunks), dim=-1)
+    parts = tuple(parts[i] for i in keep) if keep is not None else parts
     return torch.cat([p / p.norm(dim=-1, keepdim=True).clamp(min=1e-6) for p in parts], -1)
+
+
+def kept_sizes(fields: tuple[int, ...], keep: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Sizes of the matched field slices: ``fields[i]`` for ``i`` in ``keep`` (all if None)."""
+    return tuple(fields) if keep is None else tuple(fields[i] for i in keep)
 
 
 class FieldScale(nn.Module):
@@ -50,6 +59,13 @@ class FieldScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.repeat_interleave(self.weight, torch.tensor(self.fields))
+
+    def match(self, q_unit: torch.Tensor | None, k_unit: torch.Tensor | None) -> torch.Tensor:
+        """q_unit (B, K, D'), k_unit (B, T, D') :func:`field_unit` embeddings → (B, K, T)
+        field match ``Σ_f w_f cos(q_f, k_f)``."""
+        if q_unit is None or k_unit is None:
+            raise ValueError("field match needs candidate and behaviour unit embeddings")
+        return self(q_unit) @ k_unit.transpose(1, 2)
 
 
 def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
@@ -141,24 +157,26 @@ class HUBSMEncoder(nn.Module):
         layers: int,
         action_dim: int,
         fields: tuple[int, ...] = (),
+        keep: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.actions = ActionEmbedding(action_vocab, action_dim)
         self.item_gru = nn.GRU(emb_dim, cfg_hidden, layers, batch_first=True)
         self.action_gru = nn.GRU(self.actions.out_dim, cfg_hidden, layers, batch_first=True)
         self.hidden, self.layers = cfg_hidden, layers
-        self.fields = tuple(fields)
-        self.out_dim = 2 * cfg_hidden + (emb_dim if self.fields else 0)
+        self.fields, self.keep = tuple(fields), keep
+        self.out_dim = 2 * cfg_hidden + sum(kept_sizes(self.fields, keep))
 
     def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """emb (B, T, D), act (B, T, A) without the time column → enc (B, T, 2H [+ D]).
+        """emb (B, T, D), act (B, T, A) without the time column → enc (B, T, 2H [+ D']).
 
-        With ``fields`` the slot also keeps the item's per-field unit embedding
-        (:func:`field_unit`) for the attention's field match.
+        With ``fields`` the slot also keeps the item's per-field unit embedding of the matched
+        fields ``keep`` (:func:`field_unit`, size D') for the attention's field match.
         """
         p_hat, _ = self.item_gru(emb)  # (B, T, H)
         a_hat, _ = self.action_gru(self.actions(act))  # (B, T, H)
-        parts = [p_hat, a_hat] + ([field_unit(emb, self.fields)] if self.fields else [])
+        unit = [field_unit(emb, self.fields, self.keep)] if self.fields else []
+        parts = [p_hat, a_hat] + unit
         return torch.cat(parts, dim=-1)
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
@@ -170,28 +188,89 @@ class HUBSMEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance by one behaviour.
 
-        emb (B, D), act (B, A), state (2, layers, B, H) → enc (B, 2H [+ D]), new state.
+        emb (B, D), act (B, A), state (2, layers, B, H) → enc (B, 2H [+ D']), new state.
         """
         p_hat, h_item = self.item_gru(emb[:, None, :], state[0].contiguous())  # (B, 1, H)
         a_hat, h_act = self.action_gru(self.actions(act)[:, None, :], state[1].contiguous())
-        parts = [p_hat[:, 0], a_hat[:, 0]] + ([field_unit(emb, self.fields)] if self.fields else [])
+        unit = [field_unit(emb, self.fields, self.keep)] if self.fields else []
+        parts = [p_hat[:, 0], a_hat[:, 0]] + unit
         return torch.cat(parts, dim=-1), torch.stack([h_item, h_act])
 
 
 class HUISMEncoder(nn.Module):
-    """DIN-style item-only encoding: a projection of each behaviour item, no actions."""
+    """DIN's item embedding for the device: a linear projection of each behaviour item's
+    shipped embedding, no actions, no time. The candidates go through the same projection
+    (:class:`DINAttention` compares them in one space, as DIN's shared embedding table does).
+    """
 
-    def __init__(self, emb_dim: int, hidden: int, fields: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        emb_dim: int,
+        hidden: int,
+        fields: tuple[int, ...] = (),
+        keep: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         self.proj = nn.Linear(emb_dim, hidden)
         self.hidden = hidden
-        self.fields = tuple(fields)
-        self.out_dim = hidden + (emb_dim if self.fields else 0)
+        self.fields, self.keep = tuple(fields), keep
+        self.out_dim = hidden + sum(kept_sizes(self.fields, keep))
 
     def forward(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """emb (B, T, D) → enc (B, T, H [+ D]); ``act`` is ignored."""
-        enc = torch.relu(self.proj(emb))
-        return torch.cat([enc, field_unit(emb, self.fields)], -1) if self.fields else enc
+        """emb (B, T, D) → enc (B, T, H [+ D']); ``act`` is ignored."""
+        enc = self.proj(emb)
+        if not self.fields:
+            return enc
+        return torch.cat([enc, field_unit(emb, self.fields, self.keep)], -1)
+
+
+class DINAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al., KDD 2018), the attention of CRBAN+HUISM.
+
+    ``w_tj = v^T relu(W [q_t, k_j, q_t - k_j, q_t ⊙ k_j] + b)`` and ``c_t = Σ_j w_tj k_j``:
+    the weights are **not** softmax-normalised, so the context keeps how much of the sequence
+    resembles the candidate (DIN's "intensity of user interests"). Queries and keys live in
+    one space (the same projection of the shipped embeddings). The concatenation's linear
+    layer is computed in its exact equivalent form ``A q + C k + P (q ⊙ k) + b`` (the
+    ``q - k`` block folds into ``A`` and ``C``), which never materialises the (B, K, T, 4H)
+    input. With ``fields`` the weight gains the same cosine field match
+    ``Σ_f w_f cos(x_t^f, y_j^f)`` as :class:`BehaviourAttention`.
+    """
+
+    def __init__(self, dim: int, units: int, fields: tuple[int, ...] = ()):
+        super().__init__()
+        self.w_q = nn.Linear(dim, units)
+        self.w_k = nn.Linear(dim, units, bias=False)
+        self.w_p = nn.Linear(dim, units, bias=False)
+        self.v = nn.Linear(units, 1, bias=False)
+        self.fields = tuple(fields)
+        self.field_scale = FieldScale(self.fields) if self.fields else None
+
+    def weights(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: torch.Tensor,
+        q_unit: torch.Tensor | None = None,
+        k_unit: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q (B, K, H), k (B, T, H), mask (B, T) → activation weights (B, K, T), 0 on padding."""
+        h = self.w_q(q)[:, :, None] + self.w_k(k)[:, None] + self.w_p(q[:, :, None] * k[:, None])
+        w = self.v(torch.relu(h)).squeeze(-1)  # (B, K, T)
+        if self.field_scale is not None:
+            w = w + self.field_scale.match(q_unit, k_unit)  # Σ_f w_f cos
+        return w * mask[:, None, :].to(w.dtype)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: torch.Tensor,
+        q_unit: torch.Tensor | None = None,
+        k_unit: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q (B, K, H), k (B, T, H), mask (B, T) → c (B, K, H) = Σ_j w_tj k_j."""
+        return self.weights(q, k, mask, q_unit, k_unit) @ k
 
 
 class BehaviourAttention(nn.Module):
@@ -210,7 +289,8 @@ class BehaviourAttention(nn.Module):
     (one matching click or ten give the same context), and that amount is the signal (DIN drops
     the normalisation for the same reason). A Shoal addition; ``mass=False`` is the paper.
 
-    With ``fields`` (the sizes of the cloud embedding's per-field slices) the score also has a
+    With ``fields`` (the sizes of the matched per-field slices of the cloud embedding, in the
+    order :func:`field_unit` returns them) the score also has a
     field match ``Σ_f w_f cos(x_t^f, y_j^f)`` between the candidate's and the behaviour's
     shipped embeddings of each field f (category, brand, ...), with one learned weight per
     field, initialised to one. Unlike the additive and bilinear terms, whose match signal is
@@ -258,9 +338,7 @@ class BehaviourAttention(nn.Module):
         if self.match is not None:
             e = e + self.match(q) @ k.transpose(1, 2)  # (B, K, T) bilinear q^T M k
         if self.field_scale is not None:
-            if q_unit is None or k_unit is None:
-                raise ValueError("field match needs candidate and behaviour unit embeddings")
-            e = e + self.field_scale(q_unit) @ k_unit.transpose(1, 2)  # (B, K, T) Σ_f w_f cos
+            e = e + self.field_scale.match(q_unit, k_unit)  # (B, K, T) Σ_f w_f cos
         e = e.masked_fill(~mask[:, None, :], NEG_INF)  # (B, K, T)
         a = torch.softmax(e, dim=-1) * mask[:, None, :].to(e.dtype)  # empty row -> all zero
         ctx = a @ v  # (B, K, Dv)
@@ -273,9 +351,11 @@ class BehaviourAttention(nn.Module):
 class BehaviourBranch(nn.Module):
     """One behaviour sequence (IE or IPV): encoder + time-since embedding + attention.
 
-    ``kind="hubsm"``: keys ``[p̂_j, τ_j]``, values ``[â_j, p̂_j, τ_j]`` (τ = time-since
-    embedding). ``kind="huism"``: keys = values = the item projection (no actions, no time),
-    as DIN.
+    ``kind="hubsm"``: Bahdanau attention (:class:`BehaviourAttention`) with the query
+    ``q_t``, keys ``[p̂_j, τ_j]``, values ``[â_j, p̂_j, τ_j]`` (τ = time-since embedding).
+    ``kind="huism"``: DIN (:class:`DINAttention`) between the candidate's and the behaviours'
+    projected item embeddings, keys = values (no actions, no time, no attention mass: DIN's
+    unnormalised sum already keeps the amount).
     """
 
     def __init__(
@@ -292,25 +372,33 @@ class BehaviourBranch(nn.Module):
         mass: bool = False,
         match: bool = False,
         fields: tuple[int, ...] = (),
+        keep: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if kind not in ("hubsm", "huism"):
             raise ValueError(f"behaviour encoder must be 'hubsm' or 'huism', got {kind!r}")
         if fields and sum(fields) != emb_dim:
             raise ValueError(f"field sizes {fields} must add up to the embedding size {emb_dim}")
+        if fields and keep is not None and (not keep or not set(keep) <= set(range(len(fields)))):
+            raise ValueError(f"matched fields {keep} must be indices into {len(fields)} fields")
         self.kind = kind
         self.fields = tuple(fields)
+        # sizes of the matched slices, in order: what each slot's unit embedding holds
+        self.matched = kept_sizes(self.fields, keep) if self.fields else ()
         if kind == "hubsm":
             self.encoder: nn.Module = HUBSMEncoder(
-                emb_dim, action_vocab[:-1], hidden, layers, action_dim, self.fields
+                emb_dim, action_vocab[:-1], hidden, layers, action_dim, self.fields, keep
             )
             self.time = nn.Embedding(int(action_vocab[-1]), time_dim, padding_idx=0)
             k_dim, self.out_dim = hidden + time_dim, 2 * hidden + time_dim
+            self.attention: nn.Module = BehaviourAttention(
+                q_dim, k_dim, attention, mass, match, self.matched
+            )
+            self.out_dim += int(mass)
         else:
-            self.encoder = HUISMEncoder(emb_dim, hidden, self.fields)
-            k_dim = self.out_dim = hidden
-        self.attention = BehaviourAttention(q_dim, k_dim, attention, mass, match, self.fields)
-        self.out_dim += int(mass)
+            self.encoder = HUISMEncoder(emb_dim, hidden, self.fields, keep)
+            self.attention = DINAttention(hidden, attention, self.matched)
+            self.out_dim = hidden
 
     def encode(self, emb: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """emb (B, T, D), act (B, T, A + 1) → enc (B, T, E): what the device stores per slot."""
@@ -322,22 +410,28 @@ class BehaviourBranch(nn.Module):
         enc: torch.Tensor,
         since: torch.Tensor,
         mask: torch.Tensor,
+        cand_emb: torch.Tensor | None = None,
         cand_unit: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query (B, K, Dq), enc (B, T, E), since (B, T) time bucket, mask (B, T) → (B, K, out).
 
-        ``cand_unit`` (B, K, D): the candidates' :func:`field_unit` embeddings, needed with
-        ``fields`` (computed once per request by the network, shared by its branches).
+        ``cand_emb`` (B, K, D): the candidates' shipped embeddings, needed by HUISM (DIN's
+        query). ``cand_unit`` (B, K, D'): their :func:`field_unit` embeddings of the matched
+        fields, needed with ``fields`` (computed once per request by the network, shared by
+        its branches).
         """
         q_unit = k_unit = None
         if self.fields:
             if cand_unit is None:
                 raise ValueError("a branch with field match needs the candidates' embeddings")
-            D = sum(self.fields)
-            enc, k_unit = enc[..., :-D], enc[..., -D:]  # (B, T, E - D), (B, T, D)
+            D = sum(self.matched)
+            enc, k_unit = enc[..., :-D], enc[..., -D:]  # (B, T, E - D'), (B, T, D')
             q_unit = cand_unit
         if self.kind == "huism":
-            return self.attention(query, enc, enc, mask, q_unit, k_unit)
+            if cand_emb is None:
+                raise ValueError("a HUISM branch needs the candidates' shipped embeddings")
+            q = self.encoder.proj(cand_emb)  # (B, K, H): the keys' projection
+            return self.attention(q, enc, mask, q_unit, k_unit)
         h = self.encoder.hidden
         p_hat, a_hat = enc[..., :h], enc[..., h:]
         tau = self.time(since)  # (B, T, time_dim)
