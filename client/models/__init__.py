@@ -107,7 +107,7 @@ def _edgerec(name: str):
             attention_mass=mcfg.attention_mass,
             attention_match=mcfg.attention_match,
             fields=field_slices(mcfg, schema) if mcfg.field_match else (),
-            match=matched_fields(mcfg, schema, n_items) if mcfg.field_match else (),
+            match=matched_fields(mcfg, schema, n_items) if mcfg.field_match else None,
         )
         return Reranker(name, cloud, EdgeRecNet(cfg))
 
