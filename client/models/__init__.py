@@ -74,7 +74,8 @@ def matched_fields(mcfg: ModelConfig, schema: Schema, n_items: int) -> tuple[int
             raise ValueError(
                 f"model.match_fields names {unknown}, not item fields of this model: {list(names)}"
             )
-        keep = tuple(i for i, n in enumerate(names) if n in set(mcfg.match_fields))
+        wanted = set(mcfg.match_fields)
+        keep = tuple(i for i, n in enumerate(names) if n in wanted)
     if not keep:
         raise ValueError(
             "model.match_fields is empty: name at least one item field, or set "

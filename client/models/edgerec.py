@@ -97,6 +97,8 @@ class EdgeRecNet(DeviceNetwork):
         self.candidate = CandidateEncoder(cfg.emb_dim, cfg.n_scores, H)
         self.list_context = ListContext(H, H, cfg.gru_layers) if cfg.list_context else None
         q_dim = H
+        # indices of the fields the field match compares (None = all), shared by the branches
+        self.keep = tuple(cfg.match) if cfg.match is not None else None
         branch = dict(
             emb_dim=cfg.emb_dim,
             q_dim=q_dim,
@@ -108,7 +110,7 @@ class EdgeRecNet(DeviceNetwork):
             mass=cfg.attention_mass,
             match=cfg.attention_match,
             fields=tuple(cfg.fields),
-            keep=tuple(cfg.match) if cfg.match is not None else None,
+            keep=self.keep,
         )
         self.ie = (
             BehaviourBranch(cfg.ie, action_vocab=cfg.ie_action_vocab, **branch)
@@ -167,8 +169,7 @@ class EdgeRecNet(DeviceNetwork):
         if self.cfg.fields or "huism" in (self.cfg.ie, self.cfg.ipv):
             cand = take(cand_emb, select) if select is not None else cand_emb  # (B, K, D)
         if self.cfg.fields:  # the field match reads the candidates' shipped embeddings
-            keep = tuple(self.cfg.match) if self.cfg.match is not None else None
-            unit = field_unit(cand, self.cfg.fields, keep)  # once for both branches
+            unit = field_unit(cand, self.cfg.fields, self.keep)  # once for both branches
         if self.ie is not None:
             parts.append(self.ie.attend(query, ie_enc, ie_since, ie_mask, cand, unit))
         if self.ipv is not None:
